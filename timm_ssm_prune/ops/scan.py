@@ -186,12 +186,6 @@ def _layout(u, delta, A, B, C, delta_bias, delta_softplus):
     return f, dt_raw, dt, uL, dtL, BL, CL, Af
 
 
-def _bmm(a: Tensor, b: Tensor) -> Tensor:
-    """Batched matmul over identical leading dims (as one bmm: torch.matmul copies 5-D operands)."""
-    lead = a.shape[:-2]
-    return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])).view(*lead, a.shape[-2], b.shape[-1])
-
-
 def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T):
     bsz, dim, length = u.shape
     f, _, _, uL, dtL, BL, CL, Af = _layout(u, delta, A, B, C, delta_bias, delta_softplus)
@@ -200,19 +194,23 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T):
     dtu = dtL * uL
     states = u.new_zeros((n_chunks, bsz, groups, eg, dstate), dtype=f)
     y = u.new_empty((length, bsz, groups, eg), dtype=f)
-    h = states[0]
+    # Chunk buffers are allocated once and reused: fresh multi-MB allocations per chunk cost more than the maths.
+    dA_buf = u.new_empty((T, bsz, groups, eg, dstate), dtype=f)
+    hs_buf = torch.empty_like(dA_buf)
+    h = u.new_zeros((bsz, groups, eg, dstate), dtype=f)
     for c in range(n_chunks):
         c0, c1 = c * T, min(length, (c + 1) * T)
+        n = c1 - c0
         if c > 0:
             states[c].copy_(h)
-        dA = torch.exp(dtL[c0:c1].unsqueeze(-1) * Af)
-        hs = dtu[c0:c1].unsqueeze(-1) * BL[c0:c1].transpose(-1, -2)  # becomes the states h_t in place
-        prev = h
-        for t in range(c1 - c0):
-            hs[t].addcmul_(dA[t], prev)
-            prev = hs[t]
-        h = hs[-1]
-        y[c0:c1] = _bmm(hs, CL[c0:c1]).squeeze(-1)
+        dA = torch.mul(dtL[c0:c1].unsqueeze(-1), Af, out=dA_buf[:n]).exp_()
+        hs = torch.mul(dtu[c0:c1].unsqueeze(-1), BL[c0:c1].transpose(-1, -2), out=hs_buf[:n])  # -> h_t in place
+        hs[0].addcmul_(dA[0], h)
+        for t in range(1, n):
+            hs[t].addcmul_(dA[t], hs[t - 1])
+        h.copy_(hs[n - 1])
+        # contraction over the short state axis: mul + sum beats a (E x N) @ (N x 1) bmm on CPU
+        torch.sum(torch.mul(hs, CL[c0:c1].transpose(-1, -2), out=dA), -1, out=y[c0:c1])
     y = y.reshape(length, bsz, dim).permute(1, 2, 0)
     if D is not None:
         y = y + D.to(f)[:, None] * u.to(f)
@@ -245,31 +243,36 @@ def _scan_backward(gout, u, delta, A, B, C, D, z, delta_bias, states, delta_soft
     gCL = u.new_empty((length, bsz, groups, 1, dstate), dtype=f)
     gA = torch.zeros_like(Af)
     yL = u.new_empty((length, bsz, groups, eg), dtype=f) if need_y else None
-    carry = None  # exp(Δ_{t1} A) * λ_{t1} from the chunk after this one
+    chunk_shape = (T, bsz, groups, eg, dstate)
+    dA_buf = u.new_empty(chunk_shape, dtype=f)
+    h_buf = u.new_empty((T + 1,) + chunk_shape[1:], dtype=f)
+    lam_buf = torch.empty_like(dA_buf)
+    tmp_buf = torch.empty_like(dA_buf)
+    lamB_buf = u.new_empty((T, bsz, groups, eg), dtype=f)
+    carry = u.new_zeros(chunk_shape[1:], dtype=f)  # exp(Δ_{t1} A) λ_{t1} handed back from the next chunk
     for c in reversed(range(n_chunks)):
         c0, c1 = c * T, min(length, (c + 1) * T)
         n = c1 - c0
-        dA = torch.exp(dtL[c0:c1].unsqueeze(-1) * Af)
-        hbuf = torch.empty((n + 1,) + dA.shape[1:], dtype=f, device=u.device)
-        hbuf[0] = states[c]
-        torch.mul(dtu[c0:c1].unsqueeze(-1), BL[c0:c1].transpose(-1, -2), out=hbuf[1:])
+        dA = torch.mul(dtL[c0:c1].unsqueeze(-1), Af, out=dA_buf[:n]).exp_()
+        hb = h_buf[:n + 1]
+        hb[0].copy_(states[c])
+        torch.mul(dtu[c0:c1].unsqueeze(-1), BL[c0:c1].transpose(-1, -2), out=hb[1:])
         for t in range(n):
-            hbuf[t + 1].addcmul_(dA[t], hbuf[t])
-        hs, hprev = hbuf[1:], hbuf[:-1]
+            hb[t + 1].addcmul_(dA[t], hb[t])
+        hs, hprev = hb[1:], hb[:-1]
         if need_y:
-            yL[c0:c1] = _bmm(hs, CL[c0:c1]).squeeze(-1)
-        gs = gsL[c0:c1].unsqueeze(-1)  # (n, B, G, Eg, 1)
-        lam = gs * CL[c0:c1].transpose(-1, -2)  # (n, B, G, Eg, N)
-        if carry is not None:
-            lam[-1] += carry
+            torch.sum(torch.mul(hs, CL[c0:c1].transpose(-1, -2), out=tmp_buf[:n]), -1, out=yL[c0:c1])
+        gs = gsL[c0:c1]  # (n, B, G, Eg)
+        lam = torch.mul(gs.unsqueeze(-1), CL[c0:c1].transpose(-1, -2), out=lam_buf[:n])  # (n, B, G, Eg, N)
+        lam[n - 1].add_(carry)
         for t in range(n - 2, -1, -1):
             lam[t].addcmul_(dA[t + 1], lam[t + 1])
-        carry = dA[0] * lam[0]
-        gCL[c0:c1] = _bmm(gs.transpose(-1, -2), hs)
-        lamB = _bmm(lam, BL[c0:c1]).squeeze(-1)  # (n, B, G, Eg)
-        gBL[c0:c1] = _bmm(dtu[c0:c1].unsqueeze(-2), lam)
+        torch.mul(dA[0], lam[0], out=carry)
+        torch.bmm(gs.reshape(-1, 1, eg), hs.view(-1, eg, dstate), out=gCL[c0:c1].view(-1, 1, dstate))
+        lamB = torch.sum(torch.mul(lam, BL[c0:c1].transpose(-1, -2), out=tmp_buf[:n]), -1, out=lamB_buf[:n])
+        torch.bmm(dtu[c0:c1].reshape(-1, 1, eg), lam.view(-1, eg, dstate), out=gBL[c0:c1].view(-1, 1, dstate))
         P = dA.mul_(lam).mul_(hprev)  # λ_t ⊙ exp(Δ_t A) ⊙ h_{t-1}
-        torch.addcmul((P * Af).sum(-1), uL[c0:c1], lamB, out=gdtL[c0:c1])
+        torch.addcmul(torch.mul(P, Af, out=tmp_buf[:n]).sum(-1), uL[c0:c1], lamB, out=gdtL[c0:c1])
         torch.mul(dtL[c0:c1], lamB, out=guL[c0:c1])
         gA += P.mul_(dtL[c0:c1].unsqueeze(-1)).sum((0, 1))
 

@@ -1,0 +1,632 @@
+"""PlainMamba (Yang et al., BMVC 2024, arXiv:2403.17695) with token pruning (ToP, arXiv:2409.18962).
+
+A re-implementation in plain PyTorch of the official mmcls model (github ChenhongyiYang/PlainMamba), exact to
+its released checkpoints ``l1.pth`` / ``l2.pth`` / ``l3.pth``:
+
+* stem: conv7x7/2 + BN + ReLU, 1 (L1) or 2 (L2/L3) conv3x3 + BN + ReLU, zero pad right/bottom to a multiple
+  of 8, conv8x8/8 projection, learned absolute position embedding (bicubic-resized for other grids);
+* ``depth`` layers of x = x + DropPath(Mixer(LN(x))), L1's layer 0 then replaces x by GELU(BN(DWConv3x3(x)));
+* the mixer: in_proj (bias) -> depthwise 7x7 conv + SiLU -> x_proj -> dt/B/C, four snake scans
+  (row snake, its reverse, column snake, its reverse) with a learned per-direction term ``direction_Bs``
+  added to B, summed (not averaged) and gated by SiLU(z), out_proj (bias);
+* final LayerNorm (eps 1e-6), mean pooling over tokens, linear head.
+
+Two quirks of the released code are reproduced (``official_quirks=True``, the default, needed for the
+released weights): (Q1) dt_proj's bias is added inside dt_proj and again as the scan's delta_bias, and
+(Q2) only u is permuted into each scan order, delta/B/C stay in raster order.
+
+Token pruning (``prune_layers``, ``keep_rate``, ...; see ``PrunableMixin``) runs through the same layers:
+after a stage the sequence holds only the kept tokens; every layer computes on them alone; the
+per-direction scan orders, direction codes and grid positions are built once per stage (alignment).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+
+from ..ops import selective_scan
+from ..pruning import condensed_grid, gather_tokens, keep_count, restrict_scan_order, select_tokens, token_importance
+from ._base import PrunableMixin, ceil_div, conv_out, resample_grid_embed, take_indices, to_2tuple
+from ._loading import unwrap_checkpoint
+
+__all__ = ['PlainMamba', 'checkpoint_filter_fn', 'snake_scan_tables']
+
+NUM_DIRECTIONS = 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Scan orders
+# ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=64)
+def snake_scan_tables(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four PlainMamba scan orders of an H x W grid (grid index r*W + c).
+
+    Returns (order, rank, code_at_pos, code_at_step), each (4, H*W) long:
+      order[d, l]        grid position visited at step l of direction d
+      rank[d, p]         step at which direction d visits grid position p (the inverse permutation)
+      code_at_step[d, l] direction code of step l: 0 start, 1 right, 2 left, 3 up, 4 down (the move that led
+                         to it), indexing ``direction_Bs``
+      code_at_pos[d, p]  the same code, indexed by grid position
+    Directions: 0 row snake from (0, 0); 1 its exact reverse; 2 column snake from (0, 0); 3 its reverse.
+    """
+    rows = []
+    for r in range(height):
+        cols = range(width) if r % 2 == 0 else range(width - 1, -1, -1)
+        rows.extend(r * width + c for c in cols)
+    cols_snake = []
+    for c in range(width):
+        rs = range(height) if c % 2 == 0 else range(height - 1, -1, -1)
+        cols_snake.extend(r * width + c for r in rs)
+    orders = [rows, rows[::-1], cols_snake, cols_snake[::-1]]
+
+    def move_code(a: int, b: int) -> int:
+        (ra, ca), (rb, cb) = divmod(a, width), divmod(b, width)
+        return {(0, 1): 1, (0, -1): 2, (-1, 0): 3, (1, 0): 4}[(rb - ra, cb - ca)]
+
+    order = torch.tensor(orders, dtype=torch.long)
+    code_at_step = torch.tensor([[0] + [move_code(o[i - 1], o[i]) for i in range(1, len(o))] for o in orders],
+                                dtype=torch.long)
+    rank = torch.argsort(order, dim=1)
+    code_at_pos = torch.gather(code_at_step, 1, rank)
+    return order, rank, code_at_pos, code_at_step
+
+
+@dataclass
+class TokenLayout:
+    """Where the tokens of the current sequence sit, and how each scan direction visits them.
+
+    grid:    (H, W) grid seen by the mixer's 2-D convolution and scan orders
+    pos:     (B, n) grid position of each token, or None for the full grid in raster order
+    index:   (B, n) position of each token on the original grid (for dense features), or None (= all, raster)
+    gather:  (4*B*n,) row of the flattened (B*n) sequence visited at each scan step, direction-major
+    codes:   (4, B, n) direction code at each scan step
+    gaps:    (4, B, n) pruned positions skipped before each scan step, or None (no 'decay')
+    flat_pos: (B*n,) flattened grid row of each token (b*H*W + pos), for scatter/gather around the conv
+    """
+    grid: Tuple[int, int]
+    pos: Optional[Tensor]
+    index: Optional[Tensor]
+    gather: Tensor
+    codes: Tensor
+    gaps: Optional[Tensor] = None
+    flat_pos: Optional[Tensor] = None
+
+    @classmethod
+    def dense(cls, batch: int, grid: Tuple[int, int], device) -> 'TokenLayout':
+        order, _, _, code_at_step = (t.to(device) for t in snake_scan_tables(*grid))
+        offs = torch.arange(batch, device=device).view(1, batch, 1) * (grid[0] * grid[1])
+        gather = (order.unsqueeze(1) + offs).reshape(-1)
+        return cls(grid, None, None, gather, code_at_step.unsqueeze(1).expand(-1, batch, -1))
+
+    @classmethod
+    def sparse(cls, grid: Tuple[int, int], pos: Tensor, index: Tensor, with_gaps: bool = False) -> 'TokenLayout':
+        """Tokens at grid positions ``pos`` (B, n), in sequence order; each scan visits them in its dense order."""
+        _, rank, code_at_pos, _ = (t.to(pos.device) for t in snake_scan_tables(*grid))
+        batch, n = pos.shape
+        so = restrict_scan_order(rank, pos)
+        codes = torch.gather(code_at_pos[:, pos], 2, so.perm)  # each kept token keeps its own code
+        offs = torch.arange(batch, device=pos.device).view(1, batch, 1) * n
+        gather = (so.perm + offs).reshape(-1)
+        flat_pos = (pos + torch.arange(batch, device=pos.device).view(batch, 1) * (grid[0] * grid[1])).reshape(-1)
+        return cls(grid, pos, index, gather, codes, so.gaps if with_gaps else None, flat_pos)
+
+    def conv(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """Apply a 2-D map ``fn`` (B, C, H, W) -> (B, C, H, W) to tokens x (B, n, C) at their grid positions;
+        grid cells without a token are zero."""
+        batch, n, chans = x.shape
+        h, w = self.grid
+        if self.pos is None:
+            out = fn(x.transpose(1, 2).reshape(batch, chans, h, w))
+            return out.flatten(2).transpose(1, 2)
+        canvas = x.new_zeros(batch * h * w, chans)
+        canvas.index_copy_(0, self.flat_pos, x.reshape(batch * n, chans))
+        out = fn(canvas.view(batch, h, w, chans).permute(0, 3, 1, 2))
+        return out.permute(0, 2, 3, 1).reshape(batch * h * w, chans)[self.flat_pos].view(batch, n, chans)
+
+    def to_grid(self, x: Tensor, canvas: Optional[Tensor]) -> Tensor:
+        """Tokens x (B, n, C) written at their original grid positions over ``canvas`` (B, H0*W0, C)."""
+        if self.index is None:
+            return x
+        return canvas.scatter(1, self.index.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers
+# ------------------------------------------------------------------------------------------------
+
+class PlainMamba2D(nn.Module):
+    """The PlainMamba mixer (official key names: in_proj, conv2d, x_proj, dt_proj, A_log, D, direction_Bs,
+    out_proj)."""
+
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, dt_rank: Optional[int] = None,
+                 conv_size: int = 7, official_quirks: bool = True, scan_backend: str = 'auto',
+                 device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.dim, self.d_state = dim, d_state
+        self.d_inner = expand * dim
+        self.dt_rank = dt_rank or math.ceil(dim / 16)
+        self.official_quirks = official_quirks
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=True, **dd)
+        self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, conv_size, padding=conv_size // 2,
+                                groups=self.d_inner, bias=True, **dd)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **dd)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **dd)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, **dd))
+        self.D = nn.Parameter(torch.empty(self.d_inner, **dd))
+        self.direction_Bs = nn.Parameter(torch.empty(NUM_DIRECTIONS + 1, d_state, **dd))
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=True, **dd)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1):
+        if self.A_log.is_meta:
+            return
+        for lin in (self.in_proj, self.x_proj, self.out_proj):
+            trunc_normal_(lin.weight, std=.02)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp_min(1e-4)
+        inv_softplus = dt + torch.log(-torch.expm1(-dt))
+        # With Q1 the bias enters twice: halve it so that the effective step starts in [dt_min, dt_max].
+        self.dt_proj.bias.copy_(inv_softplus / (2 if self.official_quirks else 1))
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.D.fill_(1.0)
+        trunc_normal_(self.direction_Bs, std=.02)
+
+    def effective_dt_bias(self) -> Tensor:
+        """The token-independent part of the pre-softplus step (2 x bias with quirk Q1)."""
+        b = self.dt_proj.bias.float()
+        return 2 * b if self.official_quirks else b
+
+    def forward(self, x: Tensor, layout: TokenLayout, return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """x (B, n, C) tokens in sequence order; returns (out (B, n, C), SSM output y (B, n, E) or None).
+        y is the sum of the four directions at each token's position, gated: what importance is scored on."""
+        batch, n, _ = x.shape
+        E, N, R, S = self.d_inner, self.d_state, self.dt_rank, NUM_DIRECTIONS
+        xi, z = self.in_proj(x).chunk(2, dim=-1)
+        xc = F.silu(layout.conv(xi, self.conv2d))  # (B, n, E), sequence order
+        dt, Bm, Cm = self.x_proj(xc).split([R, N, N], dim=-1)
+        dt = self.dt_proj(dt) if self.official_quirks else F.linear(dt, self.dt_proj.weight)  # Q1
+        A = -torch.exp(self.A_log.float())
+        delta_bias = self.dt_proj.bias.float()
+
+        rows = layout.gather  # (S*B*n,) sequence row visited at each scan step
+        u = xc.reshape(batch * n, E)[rows].view(S * batch, n, E)
+        dir_term = self.direction_Bs[layout.codes].to(Bm.dtype)  # (S, B, n, N): by scan step
+        if self.official_quirks:  # Q2: only u follows the scan order; dt, B, C stay in sequence order
+            dts = dt.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, E)
+            Bs = (Bm.unsqueeze(0) + dir_term).reshape(S * batch, n, N)
+            Cs = Cm.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, N)
+        else:
+            dts = dt.reshape(batch * n, E)[rows].view(S * batch, n, E)
+            Bs = (Bm.reshape(batch * n, N)[rows].view(S, batch, n, N) + dir_term).reshape(S * batch, n, N)
+            Cs = Cm.reshape(batch * n, N)[rows].view(S * batch, n, N)
+
+        if layout.gaps is not None:  # 'decay' alignment after a pruning stage
+            y = _decay_scan(u, dts, A, Bs, Cs, self.D, delta_bias, self.effective_dt_bias(),
+                            layout.gaps.reshape(S * batch, n), self.scan_backend)
+        else:
+            y = selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2), Cs.transpose(1, 2),
+                               self.D.float(), None, delta_bias, True, backend=self.scan_backend)
+        # back to sequence order, summing the four directions
+        y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
+        y_seq = y_seq.view(batch, n, E) * F.silu(z)
+        return self.out_proj(y_seq), (y_seq.detach() if return_ssm else None)
+
+
+def _decay_scan(u, dts, A, Bs, Cs, D, delta_bias, dt_bar_bias, gaps, backend):
+    """'decay' alignment: the state also decays across the g pruned positions before a kept token with the
+    token-independent step softplus(bias): Δ' = Δ + g·Δ̄, u' = u·Δ/Δ' (input term Δ'u'B = ΔuB unchanged),
+    D·u added outside the scan. Inputs in (batch, length, channels) layout."""
+    delta = F.softplus(dts.float() + delta_bias)
+    delta_new = delta + gaps.unsqueeze(-1).to(delta.dtype) * F.softplus(dt_bar_bias)
+    u_new = (u.float() * (delta / delta_new)).to(u.dtype)
+    y = selective_scan(u_new.transpose(1, 2), delta_new.to(u.dtype).transpose(1, 2), A, Bs.transpose(1, 2),
+                       Cs.transpose(1, 2), None, None, None, False, backend=backend)
+    return (y.float() + D.float()[:, None] * u.float().transpose(1, 2)).to(y.dtype)
+
+
+class PlainMambaLayer(nn.Module):
+    def __init__(self, dim: int, drop_path: float = 0., with_dwconv: bool = False, device=None, dtype=None,
+                 **mixer_kwargs):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(dim, eps=1e-5, **dd)
+        self.mamba = PlainMamba2D(dim, **mixer_kwargs, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.dw = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd),
+            nn.BatchNorm2d(dim, **dd),
+            nn.GELU(),
+        ) if with_dwconv else None
+
+    def forward(self, x: Tensor, layout: TokenLayout, return_ssm: bool = False):
+        out, ssm = self.mamba(self.norm(x), layout, return_ssm)
+        x = x + self.drop_path(out)
+        if self.dw is not None:  # replaces x, no residual (official L1 layer 0)
+            x = layout.conv(x, self.dw)
+        return x, ssm
+
+
+class ConvPatchEmbed(nn.Module):
+    """Shunted-style stem: conv7x7/2-BN-ReLU, ``num_convs`` x conv3x3-BN-ReLU, pad to a multiple of
+    patch/2 (right/bottom), conv (patch/2) x (patch/2) stride patch/2."""
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 192, num_convs: int = 1, patch_size: int = 16,
+                 stem_dim: int = 64, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if patch_size % 2:
+            raise ValueError(f"patch_size must be even, got {patch_size}")
+        self.half = patch_size // 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, stem_dim, 7, stride=2, padding=3, bias=False, **dd),
+            nn.BatchNorm2d(stem_dim, **dd),
+            nn.ReLU(inplace=True),
+        )
+        convs = []
+        for _ in range(num_convs):
+            convs += [nn.Conv2d(stem_dim, stem_dim, 3, padding=1, bias=False, **dd),
+                      nn.BatchNorm2d(stem_dim, **dd), nn.ReLU(inplace=True)]
+        self.convs = nn.Sequential(*convs)
+        self.projection = nn.Conv2d(stem_dim, embed_dim, self.half, stride=self.half, **dd)
+
+    def grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        return tuple(ceil_div(conv_out(s, 7, 2, 3), self.half) for s in img_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.convs(self.stem(x))
+        ph, pw = (-x.shape[-2]) % self.half, (-x.shape[-1]) % self.half
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        return self.projection(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+class PlainMamba(PrunableMixin, nn.Module):
+    default_flops_convention = 'mamba'
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 192,
+            depth: int = 24,
+            d_state: int = 16,
+            expand: int = 2,
+            conv_size: int = 7,
+            num_convs_patch_embed: int = 1,
+            layers_with_dwconv: Sequence[int] = (),
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            official_quirks: bool = True,
+            dynamic_img_size: bool = False,
+            scan_backend: str = 'auto',
+            prune_layers: Optional[Sequence[int]] = None,
+            keep_rate: Union[None, float, Sequence[float]] = None,
+            importance: str = 'clip',
+            alignment: str = 'aligned',
+            flops_reduction: Optional[float] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.img_size = to_2tuple(img_size)
+        if min(self.img_size) < 1:
+            raise ValueError(f"img_size must be positive, got {img_size!r}")
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_convs_patch_embed, patch_size, **dd)
+        self.grid_size = self.patch_embed.grid_size(self.img_size)
+        self.num_prunable_tokens = self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prunable_tokens, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.layers = nn.ModuleList([
+            PlainMambaLayer(embed_dim, drop_path=dpr[i], with_dwconv=i in tuple(layers_with_dwconv),
+                            d_state=d_state, expand=expand, conv_size=conv_size, official_quirks=official_quirks,
+                            scan_backend=scan_backend, **dd)
+            for i in range(depth)
+        ])
+        self.ln1 = nn.LayerNorm(embed_dim, eps=1e-6, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(module=f'layers.{i}', num_chs=embed_dim, reduction=patch_size)
+                             for i in range(depth)]
+        if not self.pos_embed.is_meta:
+            trunc_normal_(self.pos_embed, std=.02)
+            if isinstance(self.head, nn.Linear):
+                trunc_normal_(self.head.weight, std=.02)
+                nn.init.zeros_(self.head.bias)
+        self._init_pruning(prune_layers, keep_rate, importance, alignment, flops_reduction)
+
+    # -------------------------------------------------------------------------------- timm contract
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {'pos_embed', '*.A_log', '*.D', '*.direction_Bs'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r'^pos_embed|^patch_embed', blocks=[(r'^layers\.(\d+)', None), (r'^ln1', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        ref = self.ln1.weight
+        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    # -------------------------------------------------------------------------------- forward
+    def _embed(self, x: Tensor) -> Tuple[Tensor, TokenLayout]:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        img = tuple(x.shape[-2:])
+        if img != self.img_size and not self.dynamic_img_size:
+            raise ValueError(f"input size {img} does not match the model's img_size {self.img_size}; create the "
+                             f"model with img_size={img} or dynamic_img_size=True")
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[-2:])
+        pos = resample_grid_embed(self.pos_embed, self.grid_size, grid)
+        x = self.pos_drop(x.flatten(2).transpose(1, 2) + pos)
+        return x, TokenLayout.dense(x.shape[0], grid, x.device)
+
+    def _prune(self, x: Tensor, ssm: Tensor, layout: TokenLayout, stage: int) -> Tuple[Tensor, TokenLayout]:
+        cfg = self.prune_cfg
+        n = x.shape[1]
+        k = keep_count(n, cfg.stages[stage].keep_rate)
+        if k == n and cfg.alignment != 'naive':
+            return x, layout
+        scores = token_importance(ssm, cfg.importance)
+        keep = select_tokens(scores, k, keep_order=cfg.alignment != 'naive')
+        x = gather_tokens(x, keep)
+        index = keep if layout.index is None else torch.gather(layout.index, 1, keep)
+        if cfg.alignment == 'naive':  # ViT-style: pack in score order on a smaller grid
+            grid = condensed_grid(k)
+            pos = torch.arange(k, device=x.device).expand(x.shape[0], -1)
+        else:  # aligned / decay: tokens keep their grid positions and dense scan orders
+            grid, pos = layout.grid, index
+        return x, TokenLayout.sparse(grid, pos, index, with_gaps=cfg.alignment == 'decay')
+
+    def _run_layers(self, x: Tensor, layout: TokenLayout, stop: Optional[int] = None,
+                    take: Sequence[int] = (), norm: bool = False):
+        """Run layers [0, stop); return (x, layout, dense features of the ``take`` layers)."""
+        stages = self.prune_cfg.stage_at()
+        feats, canvas = [], None
+        want = set(take)
+        for i, layer in enumerate(self.layers[:stop]):
+            stage = stages.get(i)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, ssm = checkpoint(layer, x, layout, stage is not None)
+            else:
+                x, ssm = layer(x, layout, stage is not None)
+            if stage is not None:
+                if want:
+                    canvas = layout.to_grid(x, canvas)
+                x, layout = self._prune(x, ssm, layout, stage)
+            if i in want:
+                feats.append(layout.to_grid(x, canvas))
+        if norm:
+            feats = [self.ln1(f) for f in feats]
+        return x, layout, feats
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, n, C) normalised tokens; n = tokens kept after the last stage (all tokens when dense)."""
+        x, layout = self._embed(x)
+        x, _, _ = self._run_layers(x, layout)
+        return self.ln1(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: Tensor, indices: Union[int, List[int], None] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Dense (B, C, H, W) maps (or NLC with output_fmt='NLC') of the selected layers' outputs. After a pruning
+        stage, each pruned position holds its token's features from the stage where it was pruned."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.layers), indices)
+        batch = x.shape[0]
+        x, layout = self._embed(x)
+        grid = layout.grid
+        stop = max_index + 1 if (stop_early or intermediates_only) else None
+        x, _, feats = self._run_layers(x, layout, stop=stop, take=take, norm=norm)
+        if output_fmt == 'NCHW':
+            feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
+        if intermediates_only:
+            return feats
+        return self.ln1(x), feats
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take, max_index = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            self.ln1 = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints, configs, registration
+# ------------------------------------------------------------------------------------------------
+
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: PlainMamba) -> Dict[str, Tensor]:
+    """Official mmcls checkpoint (``backbone.*``, ``head.fc.*``, optionally inside ``state_dict``) -> model keys.
+    Drops ``ema_*`` buffers and bicubic-resizes ``pos_embed`` to the model's grid. Idempotent on converted dicts."""
+    sd = unwrap_checkpoint(state_dict, ('state_dict', 'model'))
+    out = {}
+    for k, v in sd.items():
+        if k.startswith('ema_') or k.startswith('module.ema_'):
+            continue
+        if k.startswith('module.'):
+            k = k[len('module.'):]
+        if k.startswith('backbone.'):
+            k = k[len('backbone.'):]
+        elif k.startswith('head.fc.'):
+            k = 'head.' + k[len('head.fc.'):]
+        if k.startswith('norm_layer'):  # downstream (seg) extra norms, not part of the classifier
+            continue
+        out[k] = v
+    _check_compatible(out, model)
+    if 'pos_embed' in out and out['pos_embed'].shape[1] != model.pos_embed.shape[1]:
+        n = out['pos_embed'].shape[1]
+        side = int(round(math.sqrt(n)))
+        if side * side != n:
+            raise ValueError(f"checkpoint pos_embed has {n} rows, not a square grid; cannot resample")
+        out['pos_embed'] = resample_grid_embed(out['pos_embed'], (side, side), model.grid_size)
+    return out
+
+
+def _check_compatible(sd: Dict[str, Tensor], model: PlainMamba):
+    dim = sd['ln1.weight'].shape[0] if 'ln1.weight' in sd else None
+    depth = 1 + max((int(k.split('.')[1]) for k in sd if k.startswith('layers.')), default=-1)
+    if (dim is not None and dim != model.embed_dim) or (depth and depth != len(model.layers)):
+        raise ValueError(f"checkpoint does not match the model: it has embed_dim={dim}, depth={depth}; the model has "
+                         f"embed_dim={model.embed_dim}, depth={len(model.layers)} (wrong PlainMamba variant?)")
+
+
+def _cfg(**kwargs):
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.stem.0', 'classifier': 'head',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.17695', 'paper_name': 'PlainMamba: Improving Non-Hierarchical '
+        'Mamba in Visual Recognition', 'origin_url': 'https://github.com/ChenhongyiYang/PlainMamba',
+        **kwargs,
+    }
+
+
+_TOP1 = {'l1': 77.9, 'l2': 81.6, 'l3': 82.3}
+
+default_cfgs = generate_default_cfgs({
+    **{f'plainmamba_{v}.in1k': _cfg(hf_hub_id='ChenhongyiYang/PlainMamba', hf_hub_filename=f'{v}.pth',
+                                    notes=f'official weights, ImageNet-1k top-1 {_TOP1[v]}')
+       for v in ('l1', 'l2', 'l3')},
+    **{f'plainmamba_{v}_pruned.in1k': _cfg(
+        hf_hub_id='ChenhongyiYang/PlainMamba', hf_hub_filename=f'{v}.pth',
+        notes='dense official weights; training-free token pruning (ToP, arXiv:2409.18962)')
+       for v in ('l1', 'l2', 'l3')},
+})
+
+# Architecture of each variant (official arch_zoo).
+_ARCHS = {
+    'l1': dict(embed_dim=192, depth=24, num_convs_patch_embed=1, layers_with_dwconv=(0,)),
+    'l2': dict(embed_dim=384, depth=24, num_convs_patch_embed=2, layers_with_dwconv=()),
+    'l3': dict(embed_dim=448, depth=36, num_convs_patch_embed=2, layers_with_dwconv=()),
+}
+# Default schedules of the *_pruned variants: three evenly spaced stages, one keep rate solved with this
+# package's FLOPs counter for -41.6 % FLOPs at 224 (the paper's PlainMamba-L3 figure); see
+# tests/test_pruning.py::test_default_plainmamba_schedules_meet_the_flops_target.
+PRUNED_DEFAULTS = {
+    'l1': dict(prune_layers=(6, 12, 18), keep_rate=0.433),  # tokens 196 -> 85 -> 37 -> 17
+    'l2': dict(prune_layers=(6, 12, 18), keep_rate=0.522),  # tokens 196 -> 103 -> 54 -> 29
+    'l3': dict(prune_layers=(9, 18, 27), keep_rate=0.576),  # tokens 196 -> 113 -> 66 -> 39
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs):
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        PlainMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _dense(arch: str, variant: str, pretrained: bool, kwargs):
+    return _create(variant, pretrained, **dict(_ARCHS[arch], **kwargs))
+
+
+def _pruned(arch: str, variant: str, pretrained: bool, kwargs):
+    defaults = dict(_ARCHS[arch])
+    if 'flops_reduction' not in kwargs:
+        defaults.update(PRUNED_DEFAULTS[arch])
+    return _create(variant, pretrained, **dict(defaults, **kwargs))
+
+
+@register_model
+def plainmamba_l1(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """PlainMamba-L1 (7.6M params, 3.0 GFLOPs, 77.9 % IN-1k top-1)."""
+    return _dense('l1', 'plainmamba_l1', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_l2(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """PlainMamba-L2 (26.1M params, 8.1 GFLOPs, 81.6 % IN-1k top-1)."""
+    return _dense('l2', 'plainmamba_l2', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_l3(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """PlainMamba-L3 (51.0M params, 14.4 GFLOPs, 82.3 % IN-1k top-1)."""
+    return _dense('l3', 'plainmamba_l3', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_l1_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """PlainMamba-L1 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
+    return _pruned('l1', 'plainmamba_l1_pruned', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_l2_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """PlainMamba-L2 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
+    return _pruned('l2', 'plainmamba_l2_pruned', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_l3_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """PlainMamba-L3 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
+    return _pruned('l3', 'plainmamba_l3_pruned', pretrained, kwargs)

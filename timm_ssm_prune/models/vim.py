@@ -1,0 +1,599 @@
+"""Vision Mamba / Vim (Zhu et al., ICML 2024, arXiv:2401.09417) with token pruning (ToP, arXiv:2409.18962).
+
+A plain-PyTorch re-implementation of the released "midclstok" models (github hustvl/Vim, its forked mamba-ssm
+1.1.1 "bimamba v2"), exact to the checkpoints on ``hustvl/Vim-{tiny,small,base}-midclstok``:
+
+* patch embedding conv (patch 16, stride 16, or 8 for the "+" fine-tunes), class token inserted in the middle
+  of the sequence (index M//2 of M+1 tokens), learned absolute position embedding;
+* 24 blocks with fused add + RMSNorm (eps 1e-5, residual kept in fp32):
+  residual = residual + DropPath(hidden); hidden = Mixer(RMSNorm(residual));
+* the bidirectional mixer: shared in_proj (no bias) -> x, z; a forward branch on x and a backward branch on
+  the reversed sequence, each with its own causal depthwise conv1d (width 4) + SiLU, x_proj, dt_proj (its bias
+  is the scan's delta_bias), A, D; each branch's scan is gated by SiLU(z) (z reversed for the backward one);
+  out = out_proj((y_fwd + flip(y_bwd)) / 2) (no bias). Both branches run as one grouped scan call;
+* final norm_f(residual + hidden), head on the class token.
+
+The official checkpoints name the backward branch ``*_b`` (A_b_log, D_b, conv1d_b, x_proj_b, dt_proj_b); here
+the branches are modules ``mixer.fwd`` and ``mixer.bwd`` and ``checkpoint_filter_fn`` renames the keys.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+
+from ..ops import causal_conv1d, selective_scan
+from ..pruning import gather_tokens, keep_count, select_tokens, token_importance
+from ._base import PrunableMixin, resample_grid_embed, take_indices, to_2tuple
+from ._loading import unwrap_checkpoint
+
+__all__ = ['Vim', 'checkpoint_filter_fn']
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (mamba-ssm's RMSNorm, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return out.to(x.dtype)
+
+
+@dataclass
+class VimLayout:
+    """The current token sequence: kept patches in sequence order with the class token at ``cls_pos``.
+
+    index: (B, n) original patch index (raster) of each patch token in sequence order, None = all, raster
+    gaps:  (2, B, n + 1) pruned patches skipped before each token by the forward scan and (in the reversed
+           sequence's order) by the backward scan; None unless alignment='decay' after a stage
+    """
+    grid: Tuple[int, int]
+    num_patches: int
+    index: Optional[Tensor] = None
+    gaps: Optional[Tensor] = None
+
+    @property
+    def cls_pos(self) -> int:
+        return self.num_patches // 2
+
+    def to_grid(self, patches: Tensor, canvas: Optional[Tensor]) -> Tensor:
+        if self.index is None:
+            return patches
+        return canvas.scatter(1, self.index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]), patches)
+
+
+def split_cls(x: Tensor, cls_pos: int) -> Tuple[Tensor, Tensor]:
+    """(B, n+1, C) -> patches (B, n, C), class token (B, 1, C)."""
+    return torch.cat([x[:, :cls_pos], x[:, cls_pos + 1:]], dim=1), x[:, cls_pos:cls_pos + 1]
+
+
+def insert_cls(patches: Tensor, cls: Tensor) -> Tensor:
+    p = patches.shape[1] // 2
+    return torch.cat([patches[:, :p], cls, patches[:, p:]], dim=1)
+
+
+class VimBranch(nn.Module):
+    """One scan direction of the bidirectional mixer: conv1d, x_proj, dt_proj, A_log, D."""
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, d_conv: int = 4, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.d_state, self.dt_rank = d_state, dt_rank
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True, **dd)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False, **dd)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True, **dd)  # bias = the scan's delta_bias
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state, **dd))
+        self.D = nn.Parameter(torch.empty(d_inner, **dd))
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1):
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        d_inner = self.D.shape[0]
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(1e-4)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D.fill_(1.0)
+
+    def forward(self, x: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (B, E, L) -> u (B, E, L), delta (B, E, L) (before bias/softplus), B (B, N, L), C (B, N, L)."""
+        u = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, activation='silu', backend=backend)
+        dt, Bm, Cm = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)
+        return u, delta.transpose(1, 2), Bm.transpose(1, 2), Cm.transpose(1, 2)
+
+
+class BiMambaMixer(nn.Module):
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, dt_rank: Optional[int] = None,
+                 d_conv: int = 4, scan_backend: str = 'auto', device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.d_inner = expand * dim
+        self.dt_rank = dt_rank or math.ceil(dim / 16)
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False, **dd)
+        self.fwd = VimBranch(self.d_inner, d_state, self.dt_rank, d_conv, **dd)
+        self.bwd = VimBranch(self.d_inner, d_state, self.dt_rank, d_conv, **dd)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
+
+    def forward(self, x: Tensor, gaps: Optional[Tensor] = None,
+                return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """x (B, L, C) -> (out (B, L, C), gated SSM output averaged over both directions (B, L, E) or None)."""
+        E = self.d_inner
+        xi, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        uf, df, Bf, Cf = self.fwd(xi, self.scan_backend)
+        ub, db, Bb, Cb = self.bwd(xi.flip(-1), self.scan_backend)
+        # both directions in one scan: channels [0, E) forward, [E, 2E) backward (groups of B/C)
+        u = torch.cat([uf, ub], dim=1)
+        delta = torch.cat([df, db], dim=1)
+        Bs = torch.stack([Bf, Bb], dim=1)
+        Cs = torch.stack([Cf, Cb], dim=1)
+        zz = torch.cat([z, z.flip(-1)], dim=1)
+        A = -torch.exp(torch.cat([self.fwd.A_log, self.bwd.A_log]).float())
+        D = torch.cat([self.fwd.D, self.bwd.D]).float()
+        bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).float()
+        if gaps is not None:  # 'decay' alignment after a pruning stage
+            g = torch.stack([gaps[0], gaps[1].flip(-1)], dim=1).repeat_interleave(E, dim=1)  # (B, 2E, L)
+            delta_f = F.softplus(delta.float() + bias[:, None])
+            delta_new = delta_f + g.to(delta_f.dtype) * F.softplus(bias)[:, None]
+            u_new = (u.float() * (delta_f / delta_new)).to(u.dtype)
+            y = selective_scan(u_new, delta_new.to(u.dtype), A, Bs, Cs, None, None, None, False,
+                               backend=self.scan_backend)
+            y = ((y.float() + D[:, None] * u.float()) * F.silu(zz.float())).to(y.dtype)
+        else:
+            y = selective_scan(u, delta, A, Bs, Cs, D, zz, bias, True, backend=self.scan_backend)
+        y = ((y[:, :E] + y[:, E:].flip(-1)) / 2).transpose(1, 2)  # (B, L, E)
+        return self.out_proj(y), (y.detach() if return_ssm else None)
+
+
+class VimBlock(nn.Module):
+    def __init__(self, dim: int, drop_path: float = 0., device=None, dtype=None, **mixer_kwargs):
+        super().__init__()
+        self.norm = RMSNorm(dim, eps=1e-5, device=device, dtype=dtype)
+        self.mixer = BiMambaMixer(dim, device=device, dtype=dtype, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, hidden: Tensor, residual: Optional[Tensor], gaps: Optional[Tensor] = None,
+                return_ssm: bool = False):
+        residual = hidden.float() if residual is None else residual + self.drop_path(hidden).float()
+        hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), gaps, return_ssm)
+        return hidden, residual, ssm
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, device=None, dtype=None):
+        super().__init__()
+        self.patch_size, self.stride = patch_size, stride
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=stride, device=device, dtype=dtype)
+
+    def grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        return tuple((s - self.patch_size) // self.stride + 1 for s in img_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class Vim(PrunableMixin, nn.Module):
+    default_flops_convention = 'localmamba'
+    # LocalMamba's counter (the published Vim FLOPs) counts conv1d/x_proj/dt_proj once per layer.
+    flops_skip = {'localmamba': ('layers.*.mixer.bwd',)}
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            stride: Optional[int] = None,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 192,
+            depth: int = 24,
+            d_state: int = 16,
+            expand: int = 2,
+            d_conv: int = 4,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            dynamic_img_size: bool = False,
+            scan_backend: str = 'auto',
+            prune_layers: Optional[Sequence[int]] = None,
+            keep_rate: Union[None, float, Sequence[float]] = None,
+            importance: str = 'clip',
+            alignment: str = 'aligned',
+            flops_reduction: Optional[float] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if global_pool not in ('token', 'avg', ''):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.img_size = to_2tuple(img_size)
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        stride = stride or patch_size
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, stride, **dd)
+        self.grid_size = self.patch_embed.grid_size(self.img_size)
+        if min(self.grid_size) < 1:
+            raise ValueError(f"img_size {self.img_size} is smaller than the patch size {patch_size}: no token grid")
+        self.num_prunable_tokens = self.grid_size[0] * self.grid_size[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prunable_tokens + 1, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        dpr = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()  # official: block i uses dpr[i]
+        self.layers = nn.ModuleList([
+            VimBlock(embed_dim, drop_path=dpr[i], d_state=d_state, expand=expand, d_conv=d_conv,
+                     scan_backend=scan_backend, **dd)
+            for i in range(depth)
+        ])
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
+        self.norm_f = RMSNorm(embed_dim, eps=1e-5, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(module=f'layers.{i}', num_chs=embed_dim, reduction=stride) for i in range(depth)]
+        if not self.pos_embed.is_meta:
+            self._init_weights(depth)
+        self._init_pruning(prune_layers, keep_rate, importance, alignment, flops_reduction)
+
+    @torch.no_grad()
+    def _init_weights(self, depth: int):
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            layer.mixer.out_proj.weight /= math.sqrt(depth)
+            layer.mixer.fwd.reset_parameters()
+            layer.mixer.bwd.reset_parameters()
+
+    # -------------------------------------------------------------------------------- timm contract
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {'pos_embed', 'cls_token', '*.A_log', '*.D'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r'^cls_token|^pos_embed|^patch_embed',
+                    blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('token', 'avg', ''):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        ref = self.norm_f.weight
+        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    # -------------------------------------------------------------------------------- forward
+    def _pos_embed(self, grid: Tuple[int, int]) -> Tensor:
+        if tuple(grid) == tuple(self.grid_size):
+            return self.pos_embed
+        return resample_mid_cls_embed(self.pos_embed, self.grid_size, grid)
+
+    def _embed(self, x: Tensor) -> Tuple[Tensor, VimLayout]:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        img = tuple(x.shape[-2:])
+        if img != self.img_size and not self.dynamic_img_size:
+            raise ValueError(f"input size {img} does not match the model's img_size {self.img_size}; create the "
+                             f"model with img_size={img} or dynamic_img_size=True")
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)
+        x = insert_cls(x, self.cls_token.expand(x.shape[0], -1, -1))
+        x = self.pos_drop(x + self._pos_embed(grid))
+        return x, VimLayout(grid, grid[0] * grid[1])
+
+    def _prune(self, hidden: Tensor, residual: Tensor, ssm: Tensor, layout: VimLayout, stage: int):
+        cfg = self.prune_cfg
+        n = layout.num_patches
+        k = keep_count(n, cfg.stages[stage].keep_rate)
+        if k == n and cfg.alignment != 'naive':
+            return hidden, residual, layout
+        scores, _ = split_cls(token_importance(ssm, cfg.importance).unsqueeze(-1), layout.cls_pos)
+        keep = select_tokens(scores.squeeze(-1), k, keep_order=cfg.alignment != 'naive')
+        index = keep if layout.index is None else torch.gather(layout.index, 1, keep)
+
+        def _take(t):
+            patches, cls = split_cls(t, layout.cls_pos)
+            return insert_cls(gather_tokens(patches, keep), cls)
+
+        gaps = _scan_gaps(index, layout.grid[0] * layout.grid[1]) if cfg.alignment == 'decay' else None
+        return _take(hidden), _take(residual), VimLayout(layout.grid, k, index, gaps)
+
+    def _run_layers(self, x: Tensor, layout: VimLayout, stop: Optional[int] = None, take: Sequence[int] = ()):
+        stages = self.prune_cfg.stage_at()
+        hidden, residual = x, None
+        want = set(take)
+        feats, canvas = [], None
+        for i, layer in enumerate(self.layers[:stop]):
+            stage = stages.get(i)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                hidden, residual, ssm = checkpoint(layer, hidden, residual, layout.gaps, stage is not None)
+            else:
+                hidden, residual, ssm = layer(hidden, residual, layout.gaps, stage is not None)
+            if stage is not None:
+                if want:
+                    canvas = layout.to_grid(split_cls(residual + hidden, layout.cls_pos)[0], canvas)
+                hidden, residual, layout = self._prune(hidden, residual, ssm, layout, stage)
+            if i in want:
+                feats.append(layout.to_grid(split_cls(residual + hidden, layout.cls_pos)[0], canvas))
+        return hidden, residual, layout, feats
+
+    def _final(self, hidden: Tensor, residual: Tensor) -> Tensor:
+        return self.norm_f(residual + self.drop_path(hidden).float()).to(hidden.dtype)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, n + 1, C) normalised tokens with the class token in the middle (index n // 2)."""
+        x, layout = self._embed(x)
+        hidden, residual, _, _ = self._run_layers(x, layout)
+        return self._final(hidden, residual)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        cls_pos = (x.shape[1] - 1) // 2
+        if self.global_pool == 'token':
+            x = x[:, cls_pos]
+        elif self.global_pool == 'avg':
+            x = split_cls(x, cls_pos)[0].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: Tensor, indices: Union[int, List[int], None] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Patch-token maps (class token removed) of the residual stream after the selected blocks, (B, C, H, W)
+        or NLC. After a pruning stage, pruned positions hold their features from the stage where they were
+        pruned. norm=True applies the final RMSNorm."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.layers), indices)
+        batch = x.shape[0]
+        x, layout = self._embed(x)
+        grid = layout.grid
+        stop = max_index + 1 if (stop_early or intermediates_only) else None
+        hidden, residual, _, feats = self._run_layers(x, layout, stop=stop, take=take)
+        feats = [self.norm_f(f).to(x.dtype) if norm else f.to(x.dtype) for f in feats]
+        if output_fmt == 'NCHW':
+            feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
+        if intermediates_only:
+            return feats
+        return self._final(hidden, residual), feats
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take, max_index = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+
+def _scan_gaps(index: Tensor, n_total: int) -> Tensor:
+    """(2, B, k + 1) pruned patches skipped before each token (class token in the middle gets 0): row 0 for
+    the forward scan, row 1 for the backward scan, both indexed by sequence position."""
+    fwd = torch.diff(index, dim=1, prepend=torch.full_like(index[:, :1], -1)) - 1
+    bwd = torch.diff(index, dim=1, append=torch.full_like(index[:, :1], n_total)) - 1
+    zero = torch.zeros_like(index[:, :1])
+    return torch.stack([insert_cls(fwd.unsqueeze(-1), zero.unsqueeze(-1)).squeeze(-1),
+                        insert_cls(bwd.unsqueeze(-1), zero.unsqueeze(-1)).squeeze(-1)])
+
+
+def resample_mid_cls_embed(posemb: Tensor, old_grid: Sequence[int], new_grid: Sequence[int]) -> Tensor:
+    """Resize a (1, M+1, C) embedding whose row M//2 belongs to the middle class token."""
+    patches, cls = split_cls(posemb, (posemb.shape[1] - 1) // 2)
+    return insert_cls(resample_grid_embed(patches, old_grid, new_grid), cls)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints, configs, registration
+# ------------------------------------------------------------------------------------------------
+
+_RENAMES = (
+    ('mixer.A_b_log', 'mixer.bwd.A_log'), ('mixer.D_b', 'mixer.bwd.D'), ('mixer.conv1d_b.', 'mixer.bwd.conv1d.'),
+    ('mixer.x_proj_b.', 'mixer.bwd.x_proj.'), ('mixer.dt_proj_b.', 'mixer.bwd.dt_proj.'),
+    ('mixer.A_log', 'mixer.fwd.A_log'), ('mixer.D', 'mixer.fwd.D'), ('mixer.conv1d.', 'mixer.fwd.conv1d.'),
+    ('mixer.x_proj.', 'mixer.fwd.x_proj.'), ('mixer.dt_proj.', 'mixer.fwd.dt_proj.'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: Vim, use_ema: Optional[bool] = None) -> Dict[str, Tensor]:
+    """Official Vim checkpoint ({'model', 'model_ema', 'optimizer', 'args', ...}) -> model keys.
+
+    Takes ``model`` (what Vim's ``main.py --eval --resume`` evaluates first), or ``model_ema`` for the ``*_ema``
+    pretrained tags; renames the backward-branch keys; drops rope buffers; resamples pos_embed (keeping the
+    middle class token's row). Idempotent on already converted dicts."""
+    if use_ema is None:
+        tag = (getattr(model, 'pretrained_cfg', None) or {}).get('tag') or ''
+        use_ema = tag.endswith('ema')
+    sd = unwrap_checkpoint(state_dict, ('model_ema', 'model') if use_ema else ('model', 'state_dict'))
+    out = {}
+    for k, v in sd.items():
+        if k.startswith('module.'):
+            k = k[len('module.'):]
+        if k.startswith('rope.'):
+            continue
+        if '.mixer.' in k and '.mixer.fwd.' not in k and '.mixer.bwd.' not in k:
+            for old, new in _RENAMES:
+                if f'.{old}' in f'.{k}':
+                    k = k.replace(old, new, 1)
+                    break
+        out[k] = v
+    _check_compatible(out, model)
+    if 'pos_embed' in out and out['pos_embed'].shape[1] != model.pos_embed.shape[1]:
+        m = out['pos_embed'].shape[1] - 1
+        side = int(round(math.sqrt(m)))
+        if side * side != m:
+            raise ValueError(f"checkpoint pos_embed has {m} patch rows, not a square grid; cannot resample")
+        out['pos_embed'] = resample_mid_cls_embed(out['pos_embed'], (side, side), model.grid_size)
+    return out
+
+
+def _check_compatible(sd: Dict[str, Tensor], model: Vim):
+    dim = sd['norm_f.weight'].shape[0] if 'norm_f.weight' in sd else None
+    depth = 1 + max((int(k.split('.')[1]) for k in sd if k.startswith('layers.')), default=-1)
+    if (dim is not None and dim != model.embed_dim) or (depth and depth != len(model.layers)):
+        raise ValueError(f"checkpoint does not match the model: it has embed_dim={dim}, depth={depth}; the model has "
+                         f"embed_dim={model.embed_dim}, depth={len(model.layers)} (wrong Vim variant?)")
+
+
+def _cfg(**kwargs):
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2401.09417',
+        'paper_name': 'Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model',
+        'origin_url': 'https://github.com/hustvl/Vim',
+        **kwargs,
+    }
+
+
+_HUB = {
+    'tiny': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth', 76.1),
+    'small': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth', 80.5),
+    'base': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth', 81.9),
+    'tiny_s8': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_ft_78p3acc.pth', 78.3),
+    'small_s8': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth', 81.6),
+}
+
+
+def _hub_cfgs(name: str, key: str, pruned: bool = False):
+    repo, fname, top1 = _HUB[key]
+    note = f'official weights (checkpoint["model"]), ImageNet-1k top-1 {top1}'
+    if pruned:
+        note = 'dense official weights; training-free token pruning (ToP, arXiv:2409.18962)'
+    return {
+        f'{name}.in1k': _cfg(hf_hub_id=repo, hf_hub_filename=fname, notes=note),
+        f'{name}.in1k_ema': _cfg(hf_hub_id=repo, hf_hub_filename=fname,
+                                 notes=note.replace('checkpoint["model"]', 'checkpoint["model_ema"]')),
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    **_hub_cfgs('vim_tiny_patch16_224', 'tiny'),
+    **_hub_cfgs('vim_small_patch16_224', 'small'),
+    **_hub_cfgs('vim_base_patch16_224', 'base'),
+    **_hub_cfgs('vim_tiny_patch16_stride8_224', 'tiny_s8'),
+    **_hub_cfgs('vim_small_patch16_stride8_224', 'small_s8'),
+    **_hub_cfgs('vim_tiny_patch16_224_pruned', 'tiny', pruned=True),
+    **_hub_cfgs('vim_small_patch16_224_pruned', 'small', pruned=True),
+    **_hub_cfgs('vim_base_patch16_224_pruned', 'base', pruned=True),
+})
+
+_ARCHS = {
+    'tiny': dict(embed_dim=192, depth=24),
+    'small': dict(embed_dim=384, depth=24),
+    'base': dict(embed_dim=768, depth=24),
+}
+# The paper's schedules (method.md §1): Vim-T after blocks 10, 20; Vim-S / Vim-B after 5, 10, 15; keep 0.8.
+PRUNED_DEFAULTS = {
+    'tiny': dict(prune_layers=(10, 20), keep_rate=0.8),
+    'small': dict(prune_layers=(5, 10, 15), keep_rate=0.8),
+    'base': dict(prune_layers=(5, 10, 15), keep_rate=0.8),
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs):
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        Vim, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _dense(arch: str, variant: str, pretrained: bool, kwargs, **extra):
+    return _create(variant, pretrained, **dict(_ARCHS[arch], **extra, **kwargs))
+
+
+def _pruned(arch: str, variant: str, pretrained: bool, kwargs):
+    defaults = dict(_ARCHS[arch])
+    if 'flops_reduction' not in kwargs:
+        defaults.update(PRUNED_DEFAULTS[arch])
+    return _create(variant, pretrained, **dict(defaults, **kwargs))
+
+
+@register_model
+def vim_tiny_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-Ti (7.1M params, 1.5 GFLOPs, 76.1 % IN-1k top-1), middle class token."""
+    return _dense('tiny', 'vim_tiny_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def vim_small_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-S (25.8M params, 5.1 GFLOPs, 80.5 % IN-1k top-1), middle class token."""
+    return _dense('small', 'vim_small_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def vim_base_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-B (97.6M params, 18.9 GFLOPs, 81.9 % IN-1k top-1), middle class token."""
+    return _dense('base', 'vim_base_patch16_224', pretrained, kwargs)
+
+
+@register_model
+def vim_tiny_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-Ti+ (stride-8 fine-tune, 27x27 tokens, 78.3 % IN-1k top-1)."""
+    return _dense('tiny', 'vim_tiny_patch16_stride8_224', pretrained, kwargs, stride=8)
+
+
+@register_model
+def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-S+ (stride-8 fine-tune, 27x27 tokens, 81.6 % IN-1k top-1)."""
+    return _dense('small', 'vim_small_patch16_stride8_224', pretrained, kwargs, stride=8)
+
+
+@register_model
+def vim_tiny_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-Ti with ToP pruning after blocks 10 and 20 (keep 0.8); loads the dense official weights."""
+    return _pruned('tiny', 'vim_tiny_patch16_224_pruned', pretrained, kwargs)
+
+
+@register_model
+def vim_small_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-S with ToP pruning after blocks 5, 10, 15 (keep 0.8); loads the dense official weights."""
+    return _pruned('small', 'vim_small_patch16_224_pruned', pretrained, kwargs)
+
+
+@register_model
+def vim_base_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-B with ToP pruning after blocks 5, 10, 15 (keep 0.8); loads the dense official weights."""
+    return _pruned('base', 'vim_base_patch16_224_pruned', pretrained, kwargs)

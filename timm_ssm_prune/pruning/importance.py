@@ -1,0 +1,53 @@
+"""Token importance from a block's SSM output (the paper's Eq. 9 and its ablations) and top-k selection."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .config import IMPORTANCE_METRICS
+
+__all__ = ['token_importance', 'select_tokens']
+
+
+@torch.no_grad()
+def token_importance(y: Tensor, metric: str = 'clip', generator: Optional[torch.Generator] = None) -> Tensor:
+    """Score each token of ``y`` (B, L, E), the SSM output before the output projection (all scan directions
+    combined at the token's own position, gate applied). Returns (B, L) float32 scores, no gradient.
+
+    clip:   Σ_e max(0, y_e)     (default, the paper's Eq. 9)
+    l1:     Σ_e |y_e|
+    l2:     ‖y‖₂
+    sum:    Σ_e y_e             ("w/o clip")
+    random: uniform noise       (baseline)
+    """
+    if metric not in IMPORTANCE_METRICS:
+        raise ValueError(f"importance must be one of {IMPORTANCE_METRICS}, got {metric!r}")
+    if y.dim() != 3:
+        raise ValueError(f"token_importance expects (batch, tokens, channels), got shape {tuple(y.shape)}")
+    y = y.detach().float()
+    if metric == 'clip':
+        return y.clamp_min(0).sum(-1)
+    if metric == 'l1':
+        return y.abs().sum(-1)
+    if metric == 'l2':
+        return y.pow(2).sum(-1).sqrt()
+    if metric == 'sum':
+        return y.sum(-1)
+    return torch.rand(y.shape[:2], generator=generator, device=y.device)
+
+
+@torch.no_grad()
+def select_tokens(scores: Tensor, k: int, keep_order: bool) -> Tensor:
+    """Indices (B, k) of the k highest-scoring tokens of each sample; ties go to the lower index.
+
+    keep_order=True returns them in ascending index order (the sequence order they had), False in
+    descending-score order (ViT-style packing).
+    """
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"cannot keep {k} of {scores.shape[-1]} tokens")
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+    if keep_order:
+        order = torch.sort(order, dim=-1).values
+    return order

@@ -395,7 +395,7 @@ class PlainMamba(PrunableMixin, nn.Module):
             if global_pool not in ('avg', ''):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
-        ref = self.ln1.weight
+        ref = self.pos_embed
         self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
             if num_classes > 0 else nn.Identity()
 

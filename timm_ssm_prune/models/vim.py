@@ -292,7 +292,7 @@ class Vim(PrunableMixin, nn.Module):
             if global_pool not in ('token', 'avg', ''):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
-        ref = self.norm_f.weight
+        ref = self.pos_embed
         self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
             if num_classes > 0 else nn.Identity()
 

@@ -6,7 +6,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/hubcache.py
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: on a 2-core machine two OpenMP threads slow down 5-30x whenever another process is busy.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -39,8 +39,14 @@ from ._loading import unwrap_checkpoint
 __all__ = ['Vim', 'checkpoint_filter_fn']
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half/bfloat16/float32 (the official fp32 residual and norm), float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (mamba-ssm's RMSNorm, no bias)."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32, or float64 for float64 inputs (mamba-ssm's
+    RMSNorm, no bias)."""
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
@@ -48,8 +54,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        xf = x.to(_acc_dtype(x.dtype))
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
         return out.to(x.dtype)
 
 
@@ -143,17 +149,18 @@ class BiMambaMixer(nn.Module):
         Bs = torch.stack([Bf, Bb], dim=1)
         Cs = torch.stack([Cf, Cb], dim=1)
         zz = torch.cat([z, z.flip(-1)], dim=1)
-        A = -torch.exp(torch.cat([self.fwd.A_log, self.bwd.A_log]).float())
-        D = torch.cat([self.fwd.D, self.bwd.D]).float()
-        bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).float()
+        f = _acc_dtype(self.fwd.A_log.dtype)
+        A = -torch.exp(torch.cat([self.fwd.A_log, self.bwd.A_log]).to(f))
+        D = torch.cat([self.fwd.D, self.bwd.D]).to(f)
+        bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).to(f)
         if gaps is not None:  # 'decay' alignment after a pruning stage
             g = torch.stack([gaps[0], gaps[1].flip(-1)], dim=1).repeat_interleave(E, dim=1)  # (B, 2E, L)
-            delta_f = F.softplus(delta.float() + bias[:, None])
+            delta_f = F.softplus(delta.to(f) + bias[:, None])
             delta_new = delta_f + g.to(delta_f.dtype) * F.softplus(bias)[:, None]
-            u_new = (u.float() * (delta_f / delta_new)).to(u.dtype)
+            u_new = (u.to(f) * (delta_f / delta_new)).to(u.dtype)
             y = selective_scan(u_new, delta_new.to(u.dtype), A, Bs, Cs, None, None, None, False,
                                backend=self.scan_backend)
-            y = ((y.float() + D[:, None] * u.float()) * F.silu(zz.float())).to(y.dtype)
+            y = ((y.to(f) + D[:, None] * u.to(f)) * F.silu(zz.to(f))).to(y.dtype)
         else:
             y = selective_scan(u, delta, A, Bs, Cs, D, zz, bias, True, backend=self.scan_backend)
         y = ((y[:, :E] + y[:, E:].flip(-1)) / 2).transpose(1, 2)  # (B, L, E)
@@ -169,7 +176,8 @@ class VimBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], gaps: Optional[Tensor] = None,
                 return_ssm: bool = False):
-        residual = hidden.float() if residual is None else residual + self.drop_path(hidden).float()
+        acc = _acc_dtype(hidden.dtype)
+        residual = hidden.to(acc) if residual is None else residual + self.drop_path(hidden).to(acc)
         hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), gaps, return_ssm)
         return hidden, residual, ssm
 
@@ -353,7 +361,7 @@ class Vim(PrunableMixin, nn.Module):
         return hidden, residual, layout, feats
 
     def _final(self, hidden: Tensor, residual: Tensor) -> Tensor:
-        return self.norm_f(residual + self.drop_path(hidden).float()).to(hidden.dtype)
+        return self.norm_f(residual + self.drop_path(hidden).to(residual.dtype)).to(hidden.dtype)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, n + 1, C) normalised tokens with the class token in the middle (index n // 2)."""

@@ -2,3 +2,4 @@
 from .alignment import ScanOrder, condensed_grid, gather_tokens, restrict_scan_order
 from .config import ALIGNMENTS, IMPORTANCE_METRICS, PruneConfig, PruneStage, evenly_spaced_stages, keep_count
 from .importance import select_tokens, token_importance
+from .trace import kept_masks, trace_kept_tokens

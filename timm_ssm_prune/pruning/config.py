@@ -114,10 +114,11 @@ class PruneConfig:
                     f"prune_layers entry {s.after_block} is outside the model's depth: pruning happens after "
                     f"block b (1-based), so 1 <= b <= {depth - 1} for a {depth}-block model")
         counts = self.token_counts(num_tokens)
-        if counts[-1] < min_tokens:
-            raise ValueError(
-                f"too few tokens left: keep rates {list(self.keep_rates)} take {num_tokens} tokens down to "
-                f"{counts[-1]} (token counts {counts}); at least {min_tokens} must remain")
+        for i, (s, n) in enumerate(zip(self.stages, counts)):
+            if s.keep_rate * n < min_tokens:  # ceil would silently keep more than the rate asks for
+                raise ValueError(
+                    f"too few tokens left: stage {i} (after block {s.after_block}) would keep {s.keep_rate} x {n} = "
+                    f"{s.keep_rate * n:.2f} tokens, fewer than {min_tokens} (token counts {counts})")
 
     def to_kwargs(self) -> Dict[str, Any]:
         """Model kwargs that rebuild this configuration (JSON friendly)."""

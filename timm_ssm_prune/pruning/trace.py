@@ -1,0 +1,43 @@
+"""Record which tokens a pruned model keeps at each stage of a forward pass."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ['trace_kept_tokens', 'kept_masks']
+
+
+@contextmanager
+def trace_kept_tokens(model: nn.Module):
+    """Yields a list that a forward pass fills with, per pruning stage, the original grid index (B, k) of the kept
+    tokens (None for a stage that kept everything)."""
+    if not hasattr(model, '_prune'):
+        raise TypeError(f"{type(model).__name__} is not a prunable model of this package")
+    record: List[Optional[Tensor]] = []
+    original = model._prune
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        index = out[-1].index
+        record.append(None if index is None else index.detach().cpu())
+        return out
+
+    model._prune = recording
+    try:
+        yield record
+    finally:
+        del model._prune
+
+
+def kept_masks(record: List[Optional[Tensor]], batch: int, num_tokens: int) -> Tensor:
+    """(stages, B, num_tokens) bool: token alive after each stage."""
+    masks = []
+    alive = torch.ones(batch, num_tokens, dtype=torch.bool)
+    for index in record:
+        if index is not None:
+            alive = torch.zeros(batch, num_tokens, dtype=torch.bool).scatter_(1, index, True)
+        masks.append(alive.clone())
+    return torch.stack(masks) if masks else torch.ones(0, batch, num_tokens, dtype=torch.bool)

@@ -518,12 +518,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: PlainMamba) -> Di
             continue
         out[k] = v
     _check_compatible(out, model)
-    if 'pos_embed' in out and out['pos_embed'].shape[1] != model.pos_embed.shape[1]:
+    # Official checkpoints hold a square grid (14x14): resample it whenever the model's grid differs, even with
+    # the same number of rows (e.g. a 7x28 model); a converted dict with the model's row count is kept as is.
+    official = any(k.startswith(('backbone.', 'module.backbone.')) for k in sd)
+    if 'pos_embed' in out:
         n = out['pos_embed'].shape[1]
         side = int(round(math.sqrt(n)))
-        if side * side != n:
-            raise ValueError(f"checkpoint pos_embed has {n} rows, not a square grid; cannot resample")
-        out['pos_embed'] = resample_grid_embed(out['pos_embed'], (side, side), model.grid_size)
+        square = side * side == n
+        if n != model.pos_embed.shape[1] or (official and square and (side, side) != tuple(model.grid_size)):
+            if not square:
+                raise ValueError(f"checkpoint pos_embed has {n} rows, not a square grid; cannot resample")
+            out['pos_embed'] = resample_grid_embed(out['pos_embed'], (side, side), model.grid_size)
     return out
 
 

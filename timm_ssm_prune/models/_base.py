@@ -9,7 +9,77 @@ from torch import Tensor, nn
 
 from ..pruning import PruneConfig, evenly_spaced_stages
 
-__all__ = ['PrunableMixin', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out']
+__all__ = ['PrunableMixin', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out', 'acc_dtype',
+           'build_model', 'pruned_kwargs']
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32 for half/bfloat16/float32 (as the official code), float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def pruned_kwargs(defaults: dict, schedule: dict, kwargs: dict) -> dict:
+    """Kwargs of a ``*_pruned`` entrypoint: the architecture ``defaults``, the default ``schedule`` unless the
+    caller configures pruning itself (``prune_layers=()`` means no pruning; ``flops_reduction`` replaces the
+    default keep rate), then the caller's kwargs."""
+    out = dict(defaults)
+    if 'flops_reduction' in kwargs:
+        out['prune_layers'] = schedule['prune_layers']
+    elif 'prune_layers' not in kwargs or kwargs['prune_layers']:
+        out.update(schedule)
+    out.update(kwargs)
+    return out
+
+
+def build_model(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
+    """timm's build_model_with_cfg with the feature-getter wrapper, and a clear error when weights are missing."""
+    from timm.models import build_model_with_cfg
+    out_indices = kwargs.pop('out_indices', 3)
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn,
+                                    feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        if not pretrained or not _is_missing_file(e):
+            raise
+        cfg = kwargs.get('pretrained_cfg_overlay') or {}
+        from timm.models import get_pretrained_cfg
+        pcfg = get_pretrained_cfg(variant) if '.' in variant else None
+        where = _weights_location(variant, pcfg, cfg)
+        raise RuntimeError(
+            f"pretrained weights for {variant} are not available: {where}. Fix: go online (unset HF_HUB_OFFLINE) "
+            f"or set HF_TOKEN if the repo needs one; put the file in the Hugging Face cache; or pass "
+            f"pretrained_cfg_overlay=dict(file='/path/to/weights') (or checkpoint_path=...). Cause: "
+            f"{type(e).__name__}: {e}") from e
+
+
+def _is_missing_file(e: BaseException) -> bool:
+    names = set()
+    while e is not None:
+        names.add(type(e).__name__)
+        if isinstance(e, FileNotFoundError):
+            return True
+        e = e.__cause__ or e.__context__
+    return bool(names & {'LocalEntryNotFoundError', 'EntryNotFoundError', 'RepositoryNotFoundError',
+                         'GatedRepoError', 'RevisionNotFoundError', 'OfflineModeIsEnabled', 'HfHubHTTPError'})
+
+
+def _weights_location(variant, pcfg, overlay) -> str:
+    from timm.models import get_pretrained_cfg
+    cfg = dict(pcfg.to_dict() if pcfg is not None else {})
+    if cfg == {}:
+        arch = variant.split('.')[0]
+        try:
+            cfg = get_pretrained_cfg(arch).to_dict()  # default tag
+        except Exception:  # pragma: no cover - unknown tag
+            cfg = {}
+    cfg.update(overlay or {})
+    if cfg.get('file'):
+        return f"file {cfg['file']}"
+    if cfg.get('hf_hub_id'):
+        return f"file {cfg.get('hf_hub_filename') or 'model.safetensors'} of Hugging Face repo {cfg['hf_hub_id']}"
+    if cfg.get('url'):
+        return f"url {cfg['url']}"
+    return 'no weight source in the pretrained config'
 
 
 def to_2tuple(x) -> Tuple[int, int]:
@@ -29,7 +99,7 @@ def resample_grid_embed(posemb: Tensor, old_grid: Sequence[int], new_grid: Seque
         raise ValueError(f"position embedding has {posemb.shape[1]} rows, expected {old_grid[0]}x{old_grid[1]}")
     dim = posemb.shape[-1]
     grid = posemb.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new_grid, mode='bicubic', align_corners=False)
+    grid = F.interpolate(grid.to(acc_dtype(grid.dtype)), size=new_grid, mode='bicubic', align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(posemb.dtype)
 
 

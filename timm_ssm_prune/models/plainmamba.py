@@ -33,11 +33,12 @@ from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..ops import selective_scan
 from ..pruning import condensed_grid, gather_tokens, keep_count, restrict_scan_order, select_tokens, token_importance
-from ._base import PrunableMixin, ceil_div, conv_out, resample_grid_embed, take_indices, to_2tuple
+from ._base import (PrunableMixin, acc_dtype, build_model, ceil_div, conv_out, pruned_kwargs, resample_grid_embed,
+                    take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['PlainMamba', 'checkpoint_filter_fn', 'snake_scan_tables']
@@ -192,7 +193,7 @@ class PlainMamba2D(nn.Module):
 
     def effective_dt_bias(self) -> Tensor:
         """The token-independent part of the pre-softplus step (2 x bias with quirk Q1)."""
-        b = self.dt_proj.bias.float()
+        b = self.dt_proj.bias.to(acc_dtype(self.dt_proj.bias.dtype))
         return 2 * b if self.official_quirks else b
 
     def forward(self, x: Tensor, layout: TokenLayout, return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
@@ -204,8 +205,9 @@ class PlainMamba2D(nn.Module):
         xc = F.silu(layout.conv(xi, self.conv2d))  # (B, n, E), sequence order
         dt, Bm, Cm = self.x_proj(xc).split([R, N, N], dim=-1)
         dt = self.dt_proj(dt) if self.official_quirks else F.linear(dt, self.dt_proj.weight)  # Q1
-        A = -torch.exp(self.A_log.float())
-        delta_bias = self.dt_proj.bias.float()
+        f = acc_dtype(self.A_log.dtype)
+        A = -torch.exp(self.A_log.to(f))
+        delta_bias = self.dt_proj.bias.to(f)
 
         rows = layout.gather  # (S*B*n,) sequence row visited at each scan step
         u = xc.reshape(batch * n, E)[rows].view(S * batch, n, E)
@@ -224,7 +226,7 @@ class PlainMamba2D(nn.Module):
                             layout.gaps.reshape(S * batch, n), self.scan_backend)
         else:
             y = selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2), Cs.transpose(1, 2),
-                               self.D.float(), None, delta_bias, True, backend=self.scan_backend)
+                               self.D.to(f), None, delta_bias, True, backend=self.scan_backend)
         # back to sequence order, summing the four directions
         y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
         y_seq = y_seq.view(batch, n, E) * F.silu(z)
@@ -235,12 +237,13 @@ def _decay_scan(u, dts, A, Bs, Cs, D, delta_bias, dt_bar_bias, gaps, backend):
     """'decay' alignment: the state also decays across the g pruned positions before a kept token with the
     token-independent step softplus(bias): Δ' = Δ + g·Δ̄, u' = u·Δ/Δ' (input term Δ'u'B = ΔuB unchanged),
     D·u added outside the scan. Inputs in (batch, length, channels) layout."""
-    delta = F.softplus(dts.float() + delta_bias)
+    f = acc_dtype(u.dtype)
+    delta = F.softplus(dts.to(f) + delta_bias)
     delta_new = delta + gaps.unsqueeze(-1).to(delta.dtype) * F.softplus(dt_bar_bias)
-    u_new = (u.float() * (delta / delta_new)).to(u.dtype)
+    u_new = (u.to(f) * (delta / delta_new)).to(u.dtype)
     y = selective_scan(u_new.transpose(1, 2), delta_new.to(u.dtype).transpose(1, 2), A, Bs.transpose(1, 2),
                        Cs.transpose(1, 2), None, None, None, False, backend=backend)
-    return (y.float() + D.float()[:, None] * u.float().transpose(1, 2)).to(y.dtype)
+    return (y.to(f) + D.to(f)[:, None] * u.to(f).transpose(1, 2)).to(y.dtype)
 
 
 class PlainMambaLayer(nn.Module):
@@ -319,6 +322,7 @@ class PlainMamba(PrunableMixin, nn.Module):
             expand: int = 2,
             conv_size: int = 7,
             num_convs_patch_embed: int = 1,
+            stem_dim: int = 64,
             layers_with_dwconv: Sequence[int] = (),
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
@@ -348,7 +352,7 @@ class PlainMamba(PrunableMixin, nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_convs_patch_embed, patch_size, **dd)
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_convs_patch_embed, patch_size, stem_dim, **dd)
         self.grid_size = self.patch_embed.grid_size(self.img_size)
         self.num_prunable_tokens = self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prunable_tokens, embed_dim, **dd))
@@ -581,13 +585,7 @@ PRUNED_DEFAULTS = {
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs):
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        PlainMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(PlainMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _dense(arch: str, variant: str, pretrained: bool, kwargs):
@@ -595,10 +593,7 @@ def _dense(arch: str, variant: str, pretrained: bool, kwargs):
 
 
 def _pruned(arch: str, variant: str, pretrained: bool, kwargs):
-    defaults = dict(_ARCHS[arch])
-    if 'flops_reduction' not in kwargs:
-        defaults.update(PRUNED_DEFAULTS[arch])
-    return _create(variant, pretrained, **dict(defaults, **kwargs))
+    return _create(variant, pretrained, **pruned_kwargs(_ARCHS[arch], PRUNED_DEFAULTS[arch], kwargs))
 
 
 @register_model

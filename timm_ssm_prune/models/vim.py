@@ -29,19 +29,14 @@ from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..ops import causal_conv1d, selective_scan
 from ..pruning import gather_tokens, keep_count, select_tokens, token_importance
-from ._base import PrunableMixin, resample_grid_embed, take_indices, to_2tuple
+from ._base import PrunableMixin, acc_dtype, build_model, pruned_kwargs, resample_grid_embed, take_indices, to_2tuple
 from ._loading import unwrap_checkpoint
 
 __all__ = ['Vim', 'checkpoint_filter_fn']
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half/bfloat16/float32 (the official fp32 residual and norm), float64 stays float64."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 class RMSNorm(nn.Module):
@@ -54,7 +49,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.to(_acc_dtype(x.dtype))
+        xf = x.to(acc_dtype(x.dtype))
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
         return out.to(x.dtype)
 
@@ -149,7 +144,7 @@ class BiMambaMixer(nn.Module):
         Bs = torch.stack([Bf, Bb], dim=1)
         Cs = torch.stack([Cf, Cb], dim=1)
         zz = torch.cat([z, z.flip(-1)], dim=1)
-        f = _acc_dtype(self.fwd.A_log.dtype)
+        f = acc_dtype(self.fwd.A_log.dtype)
         A = -torch.exp(torch.cat([self.fwd.A_log, self.bwd.A_log]).to(f))
         D = torch.cat([self.fwd.D, self.bwd.D]).to(f)
         bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).to(f)
@@ -176,7 +171,7 @@ class VimBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], gaps: Optional[Tensor] = None,
                 return_ssm: bool = False):
-        acc = _acc_dtype(hidden.dtype)
+        acc = acc_dtype(hidden.dtype)
         residual = hidden.to(acc) if residual is None else residual + self.drop_path(hidden).to(acc)
         hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), gaps, return_ssm)
         return hidden, residual, ssm
@@ -539,13 +534,7 @@ PRUNED_DEFAULTS = {
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs):
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        Vim, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(Vim, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _dense(arch: str, variant: str, pretrained: bool, kwargs, **extra):
@@ -553,10 +542,7 @@ def _dense(arch: str, variant: str, pretrained: bool, kwargs, **extra):
 
 
 def _pruned(arch: str, variant: str, pretrained: bool, kwargs):
-    defaults = dict(_ARCHS[arch])
-    if 'flops_reduction' not in kwargs:
-        defaults.update(PRUNED_DEFAULTS[arch])
-    return _create(variant, pretrained, **dict(defaults, **kwargs))
+    return _create(variant, pretrained, **pruned_kwargs(_ARCHS[arch], PRUNED_DEFAULTS[arch], kwargs))
 
 
 @register_model

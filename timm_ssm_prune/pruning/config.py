@@ -61,7 +61,7 @@ class PruneConfig:
                     keep_rate: Union[None, float, Sequence[float]] = None,
                     importance: str = 'clip', alignment: str = 'aligned') -> 'PruneConfig':
         """Build from model kwargs: ``prune_layers=(5, 10, 15), keep_rate=0.8`` (or one rate per stage)."""
-        if prune_layers is None:
+        if prune_layers is None or (not isinstance(prune_layers, int) and len(prune_layers) == 0):
             if keep_rate is not None and not _is_dense_rate(keep_rate):
                 raise ValueError("keep_rate was given without prune_layers: say after which blocks to prune")
             return cls((), importance, alignment)

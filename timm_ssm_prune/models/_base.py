@@ -1,6 +1,7 @@
 """Pieces shared by the model families: pruning kwargs, the FLOPs-target solver, position-embedding resampling."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -10,7 +11,21 @@ from torch import Tensor, nn
 from ..pruning import PruneConfig, evenly_spaced_stages
 
 __all__ = ['PrunableMixin', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out', 'acc_dtype',
-           'build_model', 'pruned_kwargs']
+           'build_model', 'pruned_kwargs', 'animal_mnist_cfg', 'WEIGHTS_DIR']
+
+
+# Weights trained by this project and shipped inside the package (see benchmarks/train_animal_mnist.sh).
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
+# Animal-MNIST (grey 28x28): mean and std of the 8,000 training images (0-1 scale).
+ANIMAL_MNIST_MEAN, ANIMAL_MNIST_STD = (0.2731,), (0.4058,)
+
+
+def animal_mnist_cfg(arch: str, **kwargs) -> dict:
+    """Pretrained cfg of a model trained here on Animal-MNIST (weights file inside the package)."""
+    return dict(file=str(WEIGHTS_DIR / f'{arch}.animal_mnist.safetensors'), num_classes=10, input_size=(1, 28, 28),
+                crop_pct=1.0, interpolation='bilinear', mean=ANIMAL_MNIST_MEAN, std=ANIMAL_MNIST_STD,
+                license='apache-2.0', notes='trained by timm-ssm-prune on Animal-MNIST (MIT) '
+                '8,000-image train split; see benchmarks/RESULTS.md', **kwargs)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

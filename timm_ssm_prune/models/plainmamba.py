@@ -37,8 +37,8 @@ from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..ops import selective_scan
 from ..pruning import condensed_grid, gather_tokens, keep_count, restrict_scan_order, select_tokens, token_importance
-from ._base import (PrunableMixin, acc_dtype, build_model, ceil_div, conv_out, pruned_kwargs, resample_grid_embed,
-                    take_indices, to_2tuple)
+from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, ceil_div, conv_out, pruned_kwargs,
+                    resample_grid_embed, take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['PlainMamba', 'checkpoint_filter_fn', 'snake_scan_tables']
@@ -566,6 +566,7 @@ default_cfgs = generate_default_cfgs({
         hf_hub_id='ChenhongyiYang/PlainMamba', hf_hub_filename=f'{v}.pth',
         notes='dense official weights; training-free token pruning (ToP, arXiv:2409.18962)')
        for v in ('l1', 'l2', 'l3')},
+    'plainmamba_mini.animal_mnist': _cfg(**animal_mnist_cfg('plainmamba_mini'), classifier='head'),
 })
 
 # Architecture of each variant (official arch_zoo).
@@ -573,6 +574,9 @@ _ARCHS = {
     'l1': dict(embed_dim=192, depth=24, num_convs_patch_embed=1, layers_with_dwconv=(0,)),
     'l2': dict(embed_dim=384, depth=24, num_convs_patch_embed=2, layers_with_dwconv=()),
     'l3': dict(embed_dim=448, depth=36, num_convs_patch_embed=2, layers_with_dwconv=()),
+    # the project's small model for Animal-MNIST: 28x28 grey input, a 14x14 token grid (stride 2), as at 224/16
+    'mini': dict(embed_dim=32, depth=6, d_state=16, num_convs_patch_embed=1, stem_dim=32, patch_size=2,
+                 img_size=28, layers_with_dwconv=()),
 }
 # Default schedules of the *_pruned variants: three evenly spaced stages, one keep rate solved with this
 # package's FLOPs counter for -41.6 % FLOPs at 224 (the paper's PlainMamba-L3 figure); see
@@ -612,6 +616,12 @@ def plainmamba_l2(pretrained: bool = False, **kwargs) -> PlainMamba:
 def plainmamba_l3(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L3 (51.0M params, 14.4 GFLOPs, 82.3 % IN-1k top-1)."""
     return _dense('l3', 'plainmamba_l3', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_mini(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """A 97K-parameter PlainMamba for 28x28 grey images (14x14 tokens), trained here on Animal-MNIST."""
+    return _dense('mini', 'plainmamba_mini', pretrained, kwargs)
 
 
 @register_model

@@ -33,7 +33,8 @@ from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..ops import causal_conv1d, selective_scan
 from ..pruning import gather_tokens, keep_count, select_tokens, token_importance
-from ._base import PrunableMixin, acc_dtype, build_model, pruned_kwargs, resample_grid_embed, take_indices, to_2tuple
+from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, pruned_kwargs, resample_grid_embed,
+                    take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['Vim', 'checkpoint_filter_fn']
@@ -518,12 +519,15 @@ default_cfgs = generate_default_cfgs({
     **_hub_cfgs('vim_tiny_patch16_224_pruned', 'tiny', pruned=True),
     **_hub_cfgs('vim_small_patch16_224_pruned', 'small', pruned=True),
     **_hub_cfgs('vim_base_patch16_224_pruned', 'base', pruned=True),
+    'vim_mini.animal_mnist': _cfg(**dict(animal_mnist_cfg('vim_mini'), fixed_input_size=False)),
 })
 
 _ARCHS = {
     'tiny': dict(embed_dim=192, depth=24),
     'small': dict(embed_dim=384, depth=24),
     'base': dict(embed_dim=768, depth=24),
+    # the project's small model for Animal-MNIST: 28x28 grey input, a 14x14 token grid (patch 2), as at 224/16
+    'mini': dict(embed_dim=32, depth=6, d_state=16, patch_size=2, img_size=28),
 }
 # The paper's schedules (method.md §1): Vim-T after blocks 10, 20; Vim-S / Vim-B after 5, 10, 15; keep 0.8.
 PRUNED_DEFAULTS = {
@@ -573,6 +577,12 @@ def vim_tiny_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
 def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-S+ (stride-8 fine-tune, 27x27 tokens, 81.6 % IN-1k top-1)."""
     return _dense('small', 'vim_small_patch16_stride8_224', pretrained, kwargs, stride=8)
+
+
+@register_model
+def vim_mini(pretrained: bool = False, **kwargs) -> Vim:
+    """An 89K-parameter Vim for 28x28 grey images (14x14 tokens + class token), trained here on Animal-MNIST."""
+    return _dense('mini', 'vim_mini', pretrained, kwargs)
 
 
 @register_model

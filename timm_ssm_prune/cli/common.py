@@ -59,7 +59,7 @@ def add_data_args(p: argparse.ArgumentParser, split: str = 'val'):
     g.add_argument('--std', type=float, nargs='+', default=None)
     g.add_argument('--interpolation', default='')
     g.add_argument('--crop-pct', type=float, default=None)
-    g.add_argument('--num-samples', type=int, default=None, help='use only the first N images of the split')
+    g.add_argument('--num-samples', type=int, default=None, help='use N images spread evenly over the split')
     return g
 
 
@@ -178,8 +178,9 @@ def create_eval_loader(args, model, split: Optional[str] = None, batch_size: Opt
         crop_mode=cfg.get('crop_mode'), num_workers=args.workers, use_prefetcher=False,
         device=torch.device(args.device), distributed=getattr(args, 'distributed', False),
     )
-    if args.num_samples:  # create_loader has set the transform on ds; keep its collate and batching
-        subset = torch.utils.data.Subset(ds, range(min(args.num_samples, len(ds))))
+    if args.num_samples and args.num_samples < len(ds):  # evenly spread, so every class stays represented
+        n = args.num_samples
+        subset = torch.utils.data.Subset(ds, [i * len(ds) // n for i in range(n)])
         loader = torch.utils.data.DataLoader(subset, batch_size=loader.batch_size, shuffle=False,
                                              num_workers=args.workers, collate_fn=loader.collate_fn)
     return loader, cfg

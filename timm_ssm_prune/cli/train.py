@@ -158,8 +158,11 @@ def run(args):
         vargs.data_dir = root
         loader_val, _ = create_eval_loader(vargs, model, split=args.val_split)
 
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, layer_decay=args.layer_decay)
+    try:
+        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                        momentum=args.momentum, layer_decay=args.layer_decay)
+    except (ValueError, AssertionError) as e:
+        raise CliError(f"bad optimizer settings (--opt {args.opt}): {e}") from e
     updates_per_epoch = len(loader_train) if args.steps_per_epoch is None else \
         min(len(loader_train), args.steps_per_epoch)
     if updates_per_epoch == 0:

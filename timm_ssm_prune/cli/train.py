@@ -168,9 +168,10 @@ def run(args):
     if updates_per_epoch == 0:
         raise CliError(f"the training split has fewer images ({len(ds_train)}) than one batch "
                        f"({args.batch_size} x {args.world_size} processes)")
+    # per-update schedule (warm-up and decay move every step, not once per epoch)
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.warmup_lr, min_lr=args.min_lr, updates_per_epoch=updates_per_epoch)
+        warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     dtype = amp_dtype(args)
     scaler = NativeScaler() if dtype == torch.float16 and dev.type == 'cuda' else None
 

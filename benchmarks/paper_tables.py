@@ -1,0 +1,301 @@
+"""The paper's tables at small scale, on Animal-MNIST, in one command.
+
+    .venv/bin/pip install matplotlib            # for the plot
+    python benchmarks/paper_tables.py            # ~1-1.5 h on 2 CPU cores; results: benchmarks/RESULTS.md
+
+Base models: the project's plainmamba_mini and vim_mini (14x14 tokens, as ImageNet at 224/16), trained by
+benchmarks/train_animal_mnist.sh; their weights ship in timm_ssm_prune/weights/. Every number comes from a job
+(`timm-ssm-prune validate` or `train`) run as a subprocess, two at a time with one thread each; job results are
+cached under --work, so an interrupted run resumes where it stopped.
+
+* Table 1 analog: dense vs naive vs ToP at -30 % and -40 % FLOPs (three evenly spaced stages, one keep rate solved
+  with the package's FLOPs counter), zero-shot and after the same short fine-tune (dense fine-tuned alike as the
+  control), two fine-tuning seeds.
+* Table 4 analog: importance metric ablation (clip, l1, l2, sum, random) with alignment, zero-shot at -30 %.
+* Table 5 analog: with vs without alignment: accuracy (from Table 1) and measured throughput.
+* Curve: top-1 vs GFLOPs for keep rates 0.5 ... 1.0, ToP vs naive (benchmarks/plots/acc_vs_flops.png).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import timm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import timm_ssm_prune  # noqa: E402
+from timm_ssm_prune.benchmark import time_model  # noqa: E402
+from timm_ssm_prune.flops import count_flops  # noqa: E402
+from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402
+
+MODELS = ('plainmamba_mini', 'vim_mini')
+LEVELS = (0.3, 0.4)
+CURVE_RATES = (0.5, 0.6, 0.7, 0.8, 0.9)
+METRICS = ('clip', 'l1', 'l2', 'sum', 'random')
+
+
+def prune_setting(model_name: str, reduction: float):
+    """(prune_layers, keep_rate) meeting the FLOPs reduction with three evenly spaced stages."""
+    m = timm.create_model(model_name)
+    m.set_pruning(flops_reduction=reduction, prune_layers=evenly_spaced_stages(len(m.layers), 3))
+    return list(m.prune_cfg.prune_layers), m.prune_cfg.keep_rates[0]
+
+
+def kwargs_args(kw: dict):
+    out = []
+    for k, v in kw.items():
+        out.append(f"{k}={tuple(v) if isinstance(v, list) else v}".replace(' ', ''))
+    return out
+
+
+def job_key(job: dict) -> str:
+    return hashlib.sha1(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_job(job: dict, work: Path) -> dict:
+    """Run one validate/train job as a subprocess (one thread); cached by its description."""
+    key = job_key(job)
+    res_file = work / 'jobs' / f'{key}.json'
+    if res_file.is_file():
+        return json.loads(res_file.read_text())
+    res_file.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    base = [sys.executable, '-m', 'timm_ssm_prune']
+    kw = kwargs_args(job['kwargs'])
+    t0 = time.time()
+    if job['kind'] == 'eval':
+        out = work / 'jobs' / f'{key}.validate.json'
+        cmd = base + ['validate', '--model', job['model'], '--pretrained', '--data-dir', 'animal-mnist', '-b', '200',
+                      '--results-file', str(out)] + (['--model-kwargs', *kw] if kw else [])
+        if job.get('seed') is not None:
+            cmd = [sys.executable, '-c', f"import torch, sys; torch.manual_seed({job['seed']}); "
+                   f"from timm_ssm_prune.cli import main; sys.exit(main(sys.argv[1:]))"] + cmd[3:]
+        subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+        res = json.loads(out.read_text())
+    else:
+        out_dir = work / 'runs' / key
+        cmd = base + ['train', '--model', job['model'], '--pretrained', '--data-dir', 'animal-mnist',
+                      '--epochs', str(job['epochs']), '--lr', str(job['lr']), '--warmup-epochs', '0', '-b', '64',
+                      '--weight-decay', '0.05', '--scale', '0.6', '1.0', '--hflip', '0.5', '--smoothing', '0.1',
+                      '--seed', str(job['seed']), '--output', str(out_dir), '--no-progress'] + \
+            (['--model-kwargs', *kw] if kw else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"job failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        hist = json.loads((out_dir / 'history.json').read_text())
+        res = dict(top1=hist[-1]['val_top1'], top5=hist[-1]['val_top5'], loss=hist[-1]['val_loss'], history=hist)
+    res['seconds'] = time.time() - t0
+    res['job'] = job
+    res_file.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def flops_of(model_name: str, kw: dict) -> float:
+    m = timm.create_model(model_name, **kw)
+    return count_flops(m)
+
+
+def plan(models, seeds, ft_epochs, ft_lr):
+    settings = {m: {r: prune_setting(m, r) for r in LEVELS} for m in models}
+    jobs = []
+
+    def add(kind, model, kw, **extra):
+        jobs.append(dict(kind=kind, model=model, kwargs=kw, **{k: v for k, v in extra.items() if v is not None}))
+
+    for m in models:
+        add('eval', m, {})
+        for r in LEVELS:
+            layers, rate = settings[m][r]
+            for al in ('aligned', 'naive', 'decay'):
+                add('eval', m, dict(prune_layers=layers, keep_rate=rate, alignment=al))
+            for metric in METRICS[1:]:
+                for s in ((0, 1) if metric == 'random' else (None,)):
+                    if r == LEVELS[0]:
+                        add('eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric), seed=s)
+        layers = evenly_spaced_stages(6, 3)
+        for rate in CURVE_RATES:
+            for al in ('aligned', 'naive'):
+                add('eval', m, dict(prune_layers=list(layers), keep_rate=rate, alignment=al))
+        for s in seeds:
+            add('train', m, {}, seed=s, epochs=ft_epochs, lr=ft_lr)
+            for r in LEVELS:
+                layers_r, rate = settings[m][r]
+                for al in ('aligned', 'naive'):
+                    add('train', m, dict(prune_layers=layers_r, keep_rate=rate, alignment=al), seed=s,
+                        epochs=ft_epochs, lr=ft_lr)
+    return settings, jobs
+
+
+def measure_throughput(models, settings, batch=64, repeats=7):
+    """img/s of dense, ToP and naive at each FLOPs level (alternating timing, all threads of this machine)."""
+    out = {}
+    for m in models:
+        x = torch.randn(batch, 1, 28, 28)
+        nets = {'dense': timm.create_model(m).eval()}
+        for r in LEVELS:
+            layers, rate = settings[m][r]
+            for al in ('aligned', 'naive'):
+                nets[f'{al}@{r}'] = timm.create_model(m, prune_layers=layers, keep_rate=rate, alignment=al).eval()
+        times = time_model(nets, x, repeats=repeats, warmup=2)
+        out[m] = {k: batch / statistics.median(v) for k, v in times.items()}
+    return out
+
+
+def fmt(vals):
+    if not vals:
+        return 'n/a'
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.mean(vals):.2f} ± {(max(vals) - min(vals)) / 2:.2f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--models', nargs='+', default=list(MODELS))
+    ap.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+    ap.add_argument('--finetune-epochs', type=int, default=1)
+    ap.add_argument('--finetune-lr', type=float, default=2e-4)
+    ap.add_argument('--jobs', type=int, default=2)
+    ap.add_argument('--work', default=str(ROOT / 'output' / 'paper_tables'))
+    ap.add_argument('--results', default=str(ROOT / 'benchmarks' / 'RESULTS.md'))
+    ap.add_argument('--plot', default=str(ROOT / 'benchmarks' / 'plots' / 'acc_vs_flops.png'))
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    from timm_ssm_prune.data import prepare_animal_mnist
+    prepare_animal_mnist()
+    settings, jobs = plan(args.models, args.seeds, args.finetune_epochs, args.finetune_lr)
+    print(f"{len(jobs)} jobs ({sum(j['kind'] == 'train' for j in jobs)} fine-tunes), {args.jobs} at a time",
+          flush=True)
+    results = {}
+    t0 = time.time()
+    with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futs = {pool.submit(run_job, j, work): j for j in sorted(jobs, key=lambda j: j['kind'] != 'train')}
+        for i, fut in enumerate(cf.as_completed(futs)):
+            j = futs[fut]
+            res = fut.result()
+            results[job_key(j)] = res
+            print(f"[{i + 1}/{len(jobs)} {time.time() - t0:6.0f}s] {j['kind']} {j['model']} {j['kwargs']} "
+                  f"seed={j.get('seed')}: top1 {res['top1']:.2f}", flush=True)
+    throughput = measure_throughput(args.models, settings)
+    write_results(args, settings, jobs, results, throughput)
+
+
+def _get(results, kind, model, kw, seeds=(None,), **extra):
+    """top-1 of the finished jobs matching the description, one per seed."""
+    vals = []
+    for seed in seeds:
+        j = dict(kind=kind, model=model, kwargs=kw, **extra)
+        if seed is not None:
+            j['seed'] = seed
+        r = results.get(job_key(j))
+        if r is not None:
+            vals.append(r['top1'])
+    return vals
+
+
+def write_results(args, settings, jobs, results, throughput):
+    ft = dict(epochs=args.finetune_epochs, lr=args.finetune_lr)
+    seeds = tuple(args.seeds)
+    lines = ['# Results: the paper\'s tables at small scale (Animal-MNIST)', '',
+             'Produced by `python benchmarks/paper_tables.py` (machine: 2 CPU cores, torch '
+             f'{torch.__version__}). Base models: `plainmamba_mini` and `vim_mini`, 14x14 tokens like ImageNet at '
+             '224/16, trained by `benchmarks/train_animal_mnist.sh`. Top-1 (%) on the 2,000-image validation split. '
+             f'Fine-tuned rows: {args.finetune_epochs} epoch at lr {args.finetune_lr}, seeds {list(seeds)}, '
+             'mean ± half the range. Pruning: three evenly spaced stages, one keep rate solved for the FLOPs cut '
+             'with the package\'s counter; naive uses the same stages and keep rate.', '']
+    for m in args.models:
+        dense_g = flops_of(m, {})
+        lines += [f'## {m}', '', '### Table 1 analog: dense vs naive vs ToP', '',
+                  '| method | FLOPs cut | GFLOPs | stages / keep | top-1 zero-shot | top-1 fine-tuned |',
+                  '|---|---|---|---|---|---|']
+        lines.append(f"| dense | 0 % | {dense_g:.4f} | – | {fmt(_get(results, 'eval', m, {}))} | "
+                     f"{fmt(_get(results, 'train', m, {}, seeds, **ft))} |")
+        for r in LEVELS:
+            layers, rate = settings[m][r]
+            for al, label in (('naive', 'naive (ViT-style)'), ('aligned', 'ToP (ours)'), ('decay', 'ToP + decay')):
+                kw = dict(prune_layers=layers, keep_rate=rate, alignment=al)
+                g = flops_of(m, kw)
+                ftv = _get(results, 'train', m, kw, seeds, **ft) if al != 'decay' else []
+                lines.append(f"| {label} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | {layers} / {rate} | "
+                             f"{fmt(_get(results, 'eval', m, kw))} | {fmt(ftv)} |")
+        layers, rate = settings[m][LEVELS[0]]
+        lines += ['', f'### Table 4 analog: importance metric (aligned, zero-shot, -{100 * LEVELS[0]:.0f} % FLOPs)', '',
+                  '| metric | top-1 |', '|---|---|']
+        for metric in METRICS:  # 'clip' is the ToP row of Table 1
+            kw = dict(prune_layers=layers, keep_rate=rate, alignment='aligned') if metric == 'clip' else \
+                dict(prune_layers=layers, keep_rate=rate, importance=metric)
+            vals = _get(results, 'eval', m, kw, (0, 1) if metric == 'random' else (None,))
+            lines.append(f"| {metric} | {fmt(vals)} |")
+        lines += ['', '### Table 5 analog: with vs without alignment', '',
+                  '| FLOPs cut | alignment | top-1 zero-shot | top-1 fine-tuned | img/s | speedup vs dense |',
+                  '|---|---|---|---|---|---|']
+        tp = throughput[m]
+        for r in LEVELS:
+            layers, rate = settings[m][r]
+            for al in ('naive', 'aligned'):
+                kw = dict(prune_layers=layers, keep_rate=rate, alignment=al)
+                lines.append(f"| {100 * r:.0f} % | {'without (naive)' if al == 'naive' else 'with (ToP)'} | "
+                             f"{fmt(_get(results, 'eval', m, kw))} | {fmt(_get(results, 'train', m, kw, seeds, **ft))}"
+                             f" | {tp[f'{al}@{r}']:.0f} | {tp[f'{al}@{r}'] / tp['dense']:.2f}x |")
+        lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch 64, {torch.get_num_threads()} threads).\n")
+    lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({Path(args.plot).relative_to(Path(args.results).parent)})',
+              '', '| model | keep rate | GFLOPs | ToP top-1 | naive top-1 |', '|---|---|---|---|---|']
+    curves = {}
+    for m in args.models:
+        layers = list(evenly_spaced_stages(6, 3))
+        dense_top1 = _get(results, 'eval', m, {})
+        pts = [(1.0, flops_of(m, {}), dense_top1[0] if dense_top1 else float('nan'),
+                dense_top1[0] if dense_top1 else float('nan'))]
+        for rate in CURVE_RATES:
+            kw_a = dict(prune_layers=layers, keep_rate=rate, alignment='aligned')
+            kw_n = dict(prune_layers=layers, keep_rate=rate, alignment='naive')
+            a, n = _get(results, 'eval', m, kw_a), _get(results, 'eval', m, kw_n)
+            pts.append((rate, flops_of(m, kw_a), a[0] if a else float('nan'), n[0] if n else float('nan')))
+        curves[m] = sorted(pts)
+        for rate, g, a, n in sorted(pts, reverse=True):
+            lines.append(f"| {m} | {rate} | {g:.4f} | {a:.2f} | {n:.2f} |")
+    _plot(curves, args.plot)
+    Path(args.results).write_text('\n'.join(lines) + '\n')
+    (Path(args.work) / 'summary.json').write_text(json.dumps(dict(settings=settings, throughput=throughput,
+                                                                  curves=curves), indent=1))
+    print(f"wrote {args.results} and {args.plot}")
+
+
+def _plot(curves, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib is not installed: no plot (pip install matplotlib)')
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for ax, (m, pts) in zip(axes[0], curves.items()):
+        g = [p[1] * 1e3 for p in pts]
+        ax.plot(g, [p[2] for p in pts], 'o-', label='ToP (aligned)')
+        ax.plot(g, [p[3] for p in pts], 's--', label='naive')
+        for p in pts:
+            ax.annotate(f"{p[0]:.1f}", (p[1] * 1e3, p[2]), fontsize=7, textcoords='offset points', xytext=(3, 3))
+        ax.set_xlabel('MFLOPs per image')
+        ax.set_ylabel('top-1 (%), zero-shot')
+        ax.set_title(m)
+        ax.grid(alpha=.3)
+        ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == '__main__':
+    main()

@@ -87,7 +87,6 @@ def _load_weights(path: Path) -> Dict[str, Any]:
 def validate_model_dir(d: Path) -> Tuple[Dict[str, Any], List[Path], List[str]]:
     """Check a folder before upload. Returns (config, files to upload, notes); raises CliError on a problem."""
     import timm
-    import torch
     from .. import hub
 
     if not d.is_dir():
@@ -105,8 +104,7 @@ def validate_model_dir(d: Path) -> Tuple[Dict[str, Any], List[Path], List[str]]:
     sd = _load_weights(weights)
 
     try:
-        with torch.device('meta'):
-            model = hub.create_from_config(cfg, device='meta')
+        model = hub.create_from_config(cfg, device='meta')
     except Exception as e:
         raise CliError(f"config.json does not build {arch}: {type(e).__name__}: {e}") from e
     own = model.state_dict()

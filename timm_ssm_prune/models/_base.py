@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..pruning import PruneConfig, evenly_spaced_stages
 
 __all__ = ['PrunableMixin', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out', 'acc_dtype',
-           'build_model', 'pruned_kwargs', 'animal_mnist_cfg', 'WEIGHTS_DIR']
+           'build_model', 'pruned_kwargs', 'animal_mnist_cfg', 'WEIGHTS_DIR', 'check_checkpoint_compatible']
 
 
 # Weights trained by this project and shipped inside the package (see benchmarks/train_animal_mnist.sh).
@@ -250,6 +250,15 @@ def _plateau_centre(rate: float, prune_layers, num_tokens: int) -> float:
         if left <= r <= right and counts(r) == target:
             return r
     return centre
+
+
+def check_checkpoint_compatible(sd: dict, model, norm_key: str, family: str) -> None:
+    """Raise a clear error when a (filtered) state dict is for another width or depth than ``model``."""
+    dim = sd[norm_key].shape[0] if norm_key in sd else None
+    depth = 1 + max((int(k.split('.')[1]) for k in sd if k.startswith('layers.')), default=-1)
+    if (dim is not None and dim != model.embed_dim) or (depth and depth != len(model.layers)):
+        raise ValueError(f"checkpoint does not match the model: it has embed_dim={dim}, depth={depth}; the model has "
+                         f"embed_dim={model.embed_dim}, depth={len(model.layers)} (wrong {family} variant?)")
 
 
 def ceil_div(a: int, b: int) -> int:

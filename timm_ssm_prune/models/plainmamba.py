@@ -37,8 +37,8 @@ from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..ops import selective_scan
 from ..pruning import condensed_grid, gather_tokens, keep_count, restrict_scan_order, select_tokens, token_importance
-from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, ceil_div, conv_out, pruned_kwargs,
-                    resample_grid_embed, take_indices, to_2tuple)
+from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, ceil_div, check_checkpoint_compatible,
+                    conv_out, pruned_kwargs, resample_grid_embed, take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['PlainMamba', 'checkpoint_filter_fn', 'snake_scan_tables']
@@ -521,7 +521,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: PlainMamba) -> Di
         if k.startswith('norm_layer'):  # downstream (seg) extra norms, not part of the classifier
             continue
         out[k] = v
-    _check_compatible(out, model)
+    check_checkpoint_compatible(out, model, 'ln1.weight', 'PlainMamba')
     # Official checkpoints hold a square grid (14x14): resample it whenever the model's grid differs, even with
     # the same number of rows (e.g. a 7x28 model); a converted dict with the model's row count is kept as is.
     official = any(k.startswith(('backbone.', 'module.backbone.')) for k in sd)
@@ -534,14 +534,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: PlainMamba) -> Di
                 raise ValueError(f"checkpoint pos_embed has {n} rows, not a square grid; cannot resample")
             out['pos_embed'] = resample_grid_embed(out['pos_embed'], (side, side), model.grid_size)
     return out
-
-
-def _check_compatible(sd: Dict[str, Tensor], model: PlainMamba):
-    dim = sd['ln1.weight'].shape[0] if 'ln1.weight' in sd else None
-    depth = 1 + max((int(k.split('.')[1]) for k in sd if k.startswith('layers.')), default=-1)
-    if (dim is not None and dim != model.embed_dim) or (depth and depth != len(model.layers)):
-        raise ValueError(f"checkpoint does not match the model: it has embed_dim={dim}, depth={depth}; the model has "
-                         f"embed_dim={model.embed_dim}, depth={len(model.layers)} (wrong PlainMamba variant?)")
 
 
 def _cfg(**kwargs):

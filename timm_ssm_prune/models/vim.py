@@ -33,8 +33,8 @@ from timm.models import checkpoint, generate_default_cfgs, register_model
 
 from ..ops import causal_conv1d, selective_scan
 from ..pruning import gather_tokens, keep_count, select_tokens, token_importance
-from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, pruned_kwargs, resample_grid_embed,
-                    take_indices, to_2tuple)
+from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, check_checkpoint_compatible,
+                    pruned_kwargs, resample_grid_embed, take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['Vim', 'checkpoint_filter_fn']
@@ -458,7 +458,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: Vim, use_ema: Optional[bool] =
                     k = k.replace(old, new, 1)
                     break
         out[k] = v
-    _check_compatible(out, model)
+    check_checkpoint_compatible(out, model, 'norm_f.weight', 'Vim')
     if 'pos_embed' in out and out['pos_embed'].shape[1] != model.pos_embed.shape[1]:
         m = out['pos_embed'].shape[1] - 1
         side = int(round(math.sqrt(m)))
@@ -466,14 +466,6 @@ def checkpoint_filter_fn(state_dict: Dict, model: Vim, use_ema: Optional[bool] =
             raise ValueError(f"checkpoint pos_embed has {m} patch rows, not a square grid; cannot resample")
         out['pos_embed'] = resample_mid_cls_embed(out['pos_embed'], (side, side), model.grid_size)
     return out
-
-
-def _check_compatible(sd: Dict[str, Tensor], model: Vim):
-    dim = sd['norm_f.weight'].shape[0] if 'norm_f.weight' in sd else None
-    depth = 1 + max((int(k.split('.')[1]) for k in sd if k.startswith('layers.')), default=-1)
-    if (dim is not None and dim != model.embed_dim) or (depth and depth != len(model.layers)):
-        raise ValueError(f"checkpoint does not match the model: it has embed_dim={dim}, depth={depth}; the model has "
-                         f"embed_dim={model.embed_dim}, depth={len(model.layers)} (wrong Vim variant?)")
 
 
 def _cfg(**kwargs):

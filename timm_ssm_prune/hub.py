@@ -265,7 +265,8 @@ def weights_source(pretrained_cfg: Dict[str, Any]) -> str:
 def _vim_entry_note(tag: str) -> str:
     if tag.endswith('ema'):
         return " (its `model_ema` entry: the `.in1k_ema` tag)"
-    return " (its `model` entry, which Vim's `main.py --eval --resume` evaluates; the `.in1k_ema` tag takes `model_ema`)"
+    return (" (its `model` entry, which Vim's `main.py --eval --resume` evaluates; the `.in1k_ema` tag takes "
+            "`model_ema`)")
 
 
 def counts_str(model: nn.Module) -> str:
@@ -438,7 +439,8 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
     if pc.enabled:
         stages = ', '.join(str(b) for b in pc.prune_layers)
         lines = [
-            f"- **Stages:** {len(pc.stages)}, pruning after blocks {stages} (1-based: the block's SSM output scores "
+            f"- **Stages:** {len(pc.stages)}, pruning after block{'s' if len(pc.stages) > 1 else ''} {stages} "
+            f"(1-based: the block's SSM output scores "
             f"the tokens, the following blocks run on the kept ones)",
             f"- **Keep rate:** {_fmt_rates(pc.keep_rates)} (`ceil(rate * alive tokens)`)",
             f"- **Importance:** `{pc.importance}`; **alignment:** `{pc.alignment}`",

@@ -1,6 +1,6 @@
 """The ``timm-ssm-prune`` command line (also ``python -m timm_ssm_prune``).
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``; modules are
+Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``; modules are
 imported only when their subcommand runs, so ``timm-ssm-prune --help`` stays fast.
 """
 from __future__ import annotations

@@ -173,6 +173,16 @@ def run(args) -> int:
     print(f"validated {d}: {cfg['architecture']}")
     for n in notes:
         print(f"  {n}")
+    token = None
+    if not args.dry_run:
+        token = resolve_token(args.token)
+        if not token:
+            raise CliError("no Hugging Face token: pass --token T, set HF_TOKEN, or log in once with "
+                           "`hf auth login` (`huggingface-cli login` in older huggingface_hub); a write token is "
+                           "needed to upload. Use --dry-run to validate without uploading")
+        import huggingface_hub
+        if getattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False):
+            raise CliError("HF_HUB_OFFLINE is set: unset it to upload (or use --dry-run)")
     total = sum(p.stat().st_size for p in files)
     verb = 'would upload' if args.dry_run else 'uploading'
     print(f"{verb} to https://huggingface.co/{repo_id} (model repo, revision {revision}, {visibility}):")
@@ -184,14 +194,7 @@ def run(args) -> int:
         print("dry run: nothing uploaded")
         return 0
 
-    token = resolve_token(args.token)
-    if not token:
-        raise CliError("no Hugging Face token: pass --token T, set HF_TOKEN, or log in once with `hf auth login` "
-                       "(`huggingface-cli login` in older huggingface_hub); a write token is needed to upload. "
-                       "Use --dry-run to validate without uploading")
     import huggingface_hub
-    if getattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False):
-        raise CliError("HF_HUB_OFFLINE is set: unset it to upload")
     api = huggingface_hub.HfApi(token=token)
     message = args.commit_message or f"Upload {cfg['architecture']} (timm-ssm-prune)"
     try:

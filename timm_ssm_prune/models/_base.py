@@ -56,10 +56,7 @@ def build_model(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
     except (OSError, ValueError, RuntimeError) as e:
         if not pretrained or not _is_missing_file(e):
             raise
-        cfg = kwargs.get('pretrained_cfg_overlay') or {}
-        from timm.models import get_pretrained_cfg
-        pcfg = get_pretrained_cfg(variant) if '.' in variant else None
-        where = _weights_location(variant, pcfg, cfg)
+        where = _weights_location(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         raise RuntimeError(
             f"pretrained weights for {variant} are not available: {where}. Fix: go online (unset HF_HUB_OFFLINE) "
             f"or set HF_TOKEN if the repo needs one; put the file in the Hugging Face cache; or pass "
@@ -78,16 +75,15 @@ def _is_missing_file(e: BaseException) -> bool:
                          'GatedRepoError', 'RevisionNotFoundError', 'OfflineModeIsEnabled', 'HfHubHTTPError'})
 
 
-def _weights_location(variant, pcfg, overlay) -> str:
-    from timm.models import get_pretrained_cfg
-    cfg = dict(pcfg.to_dict() if pcfg is not None else {})
-    if cfg == {}:
-        arch = variant.split('.')[0]
-        try:
-            cfg = get_pretrained_cfg(arch).to_dict()  # default tag
-        except Exception:  # pragma: no cover - unknown tag
-            cfg = {}
-    cfg.update(overlay or {})
+def _weights_location(variant: str, pretrained_cfg, overlay) -> str:
+    """Where timm looked for the weights: the same cfg resolution as build_model_with_cfg (registry tag, a
+    pretrained_cfg passed by hf-hub:/local-dir: names, the overlay)."""
+    try:
+        from timm.models._builder import resolve_pretrained_cfg
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg,
+                                     pretrained_cfg_overlay=overlay).to_dict()
+    except Exception:  # pragma: no cover - timm internals moved
+        cfg = dict(overlay or {})
     if cfg.get('file'):
         return f"file {cfg['file']}"
     if cfg.get('hf_hub_id'):

@@ -33,7 +33,7 @@ import timm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import timm_ssm_prune  # noqa: E402
+import timm_ssm_prune  # noqa: E402,F401  (registers the models)
 from timm_ssm_prune.benchmark import time_model  # noqa: E402
 from timm_ssm_prune.flops import count_flops  # noqa: E402
 from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402

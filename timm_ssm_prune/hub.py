@@ -407,7 +407,7 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
     # ---- details
     out.append("## Model Details\n")
     details = [
-        f"- **Model type:** image classification / feature backbone",
+        "- **Model type:** image classification / feature backbone",
         f"- **Architecture:** `{arch}` ({display}; embed dim {facts['embed_dim']}, {facts['depth']} blocks)",
         f"- **Params (M):** {facts['params'] / 1e6:.2f}",
     ]

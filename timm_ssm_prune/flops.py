@@ -60,7 +60,14 @@ def _meta_call(model: nn.Module):
         model.train(was_training)
 
 
-def _flop_table(model: nn.Module, input_size: Sequence[int], batch_size: int, dtype: torch.dtype):
+def _default_input_size(model: nn.Module) -> Tuple[int, int, int]:
+    if hasattr(model, 'in_chans') and hasattr(model, 'img_size'):
+        return (model.in_chans, *model.img_size)
+    return (3, 224, 224)
+
+
+def _flop_table(model: nn.Module, input_size: Optional[Sequence[int]], batch_size: int, dtype: torch.dtype):
+    input_size = _default_input_size(model) if input_size is None else tuple(input_size)
     if len(input_size) != 3:
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
     x = torch.zeros((batch_size, *input_size), device='meta', dtype=dtype)
@@ -71,19 +78,19 @@ def _flop_table(model: nn.Module, input_size: Sequence[int], batch_size: int, dt
     return counter, scan_calls
 
 
-def count_flops(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), convention: Optional[str] = None,
+def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, convention: Optional[str] = None,
                 batch_size: int = 1, dtype: torch.dtype = torch.float32) -> float:
     """GFLOPs (multiply-accumulates / 1e9) of one forward pass, divided by ``batch_size``.
 
     Args:
         model: any module; Mamba models of this package add their selective scans.
-        input_size: (C, H, W) of one image.
+        input_size: (C, H, W) of one image; default: the model's own (in_chans, *img_size), else (3, 224, 224).
         convention: 'mamba' or 'localmamba' (see the module docstring); default: the model's own.
     """
     return flops_breakdown(model, input_size, convention, batch_size, dtype)['total']
 
 
-def flops_breakdown(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), convention: Optional[str] = None,
+def flops_breakdown(model: nn.Module, input_size: Optional[Sequence[int]] = None, convention: Optional[str] = None,
                     batch_size: int = 1, dtype: torch.dtype = torch.float32) -> Dict[str, float]:
     """Like ``count_flops`` but also returns the parts: 'linear_conv', 'scan', 'skipped' (all in G)."""
     convention = _resolve_convention(model, convention)

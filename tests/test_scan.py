@@ -127,6 +127,25 @@ def test_opcheck():
     torch.library.opcheck(op, (u, delta, A, B, C, None, None, None, False, 9))
 
 
+def test_opcheck_with_transposed_inputs():
+    """Models pass (B, L, E) memory viewed as (B, E, L): the fake outputs must match the real (contiguous) ones."""
+    u, delta, A, B, C, D, z, bias = make_inputs()
+    t = [x.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for x in (u, delta, B, C, z)]
+    assert not t[0].is_contiguous()
+    torch.library.opcheck(torch.ops.timm_ssm_prune.selective_scan.default,
+                          (t[0], t[1], A, t[2], t[3], D, t[4], bias, True, 4))
+
+
+@pytest.mark.parametrize('name', ['plainmamba_mini', 'vim_mini'])
+def test_compile_fullgraph_runs_a_pruned_model(name):
+    import timm
+    import timm_ssm_prune  # noqa: F401
+    m = timm.create_model(name, depth=4, prune_layers=(1, 2), keep_rate=0.6).eval()
+    x = torch.randn(2, 1, 28, 28)
+    compiled = torch.compile(m, backend='aot_eager', fullgraph=True)
+    torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-5)
+
+
 def test_compile_fullgraph_traces_the_op():
     u, delta, A, B, C, D, z, bias = make_inputs()
 

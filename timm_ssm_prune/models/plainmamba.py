@@ -134,7 +134,7 @@ class TokenLayout:
         canvas = x.new_zeros(batch * h * w, chans)
         canvas.index_copy_(0, self.flat_pos, x.reshape(batch * n, chans))
         out = fn(canvas.view(batch, h, w, chans).permute(0, 3, 1, 2))
-        return out.permute(0, 2, 3, 1).reshape(batch * h * w, chans)[self.flat_pos].view(batch, n, chans)
+        return out.permute(0, 2, 3, 1).reshape(batch * h * w, chans)[self.flat_pos].reshape(batch, n, chans)
 
     def to_grid(self, x: Tensor, canvas: Optional[Tensor]) -> Tensor:
         """Tokens x (B, n, C) written at their original grid positions over ``canvas`` (B, H0*W0, C)."""
@@ -210,16 +210,16 @@ class PlainMamba2D(nn.Module):
         delta_bias = self.dt_proj.bias.to(f)
 
         rows = layout.gather  # (S*B*n,) sequence row visited at each scan step
-        u = xc.reshape(batch * n, E)[rows].view(S * batch, n, E)
+        u = xc.reshape(batch * n, E)[rows].reshape(S * batch, n, E)
         dir_term = self.direction_Bs[layout.codes].to(Bm.dtype)  # (S, B, n, N): by scan step
         if self.official_quirks:  # Q2: only u follows the scan order; dt, B, C stay in sequence order
             dts = dt.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, E)
             Bs = (Bm.unsqueeze(0) + dir_term).reshape(S * batch, n, N)
             Cs = Cm.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, N)
         else:
-            dts = dt.reshape(batch * n, E)[rows].view(S * batch, n, E)
-            Bs = (Bm.reshape(batch * n, N)[rows].view(S, batch, n, N) + dir_term).reshape(S * batch, n, N)
-            Cs = Cm.reshape(batch * n, N)[rows].view(S * batch, n, N)
+            dts = dt.reshape(batch * n, E)[rows].reshape(S * batch, n, E)
+            Bs = (Bm.reshape(batch * n, N)[rows].reshape(S, batch, n, N) + dir_term).reshape(S * batch, n, N)
+            Cs = Cm.reshape(batch * n, N)[rows].reshape(S * batch, n, N)
 
         if layout.gaps is not None:  # 'decay' alignment after a pruning stage
             y = _decay_scan(u, dts, A, Bs, Cs, self.D, delta_bias, self.effective_dt_bias(),
@@ -229,7 +229,7 @@ class PlainMamba2D(nn.Module):
                                self.D.to(f), None, delta_bias, True, backend=self.scan_backend)
         # back to sequence order, summing the four directions
         y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
-        y_seq = y_seq.view(batch, n, E) * F.silu(z)
+        y_seq = y_seq.reshape(batch, n, E) * F.silu(z)
         return self.out_proj(y_seq), (y_seq.detach() if return_ssm else None)
 
 

@@ -324,7 +324,8 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
 def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
     bsz, dim, length = u.shape
     n_chunks = math.ceil(length / chunk)
-    return torch.empty_like(u), u.new_empty((n_chunks, bsz, dim, A.shape[1]), dtype=_compute_dtype(u, A))
+    # contiguous like the real outputs (empty_like would copy the strides of a transposed u)
+    return u.new_empty(u.shape), u.new_empty((n_chunks, bsz, dim, A.shape[1]), dtype=_compute_dtype(u, A))
 
 
 @torch.library.custom_op("timm_ssm_prune::selective_scan_bwd", mutates_args=())
@@ -337,10 +338,9 @@ def _scan_bwd_op(gout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
 
 @_scan_bwd_op.register_fake
 def _scan_bwd_fake(gout, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk):
-    def like(t):
-        return u.new_empty(0) if t is None else torch.empty_like(t)
-    return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
-            torch.empty_like(C), like(D), like(z), like(delta_bias))
+    def like(t):  # the real gradients are contiguous
+        return u.new_empty(0) if t is None else t.new_empty(t.shape)
+    return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias))
 
 
 def _setup_context(ctx, inputs, output):

@@ -266,6 +266,9 @@ def write_results(args, settings, jobs, results, throughput):
         for rate, g, a, n in sorted(pts, reverse=True):
             lines.append(f"| {m} | {rate} | {g:.4f} | {a:.2f} | {n:.2f} |")
     _plot(curves, args.plot)
+    discussion = Path(__file__).with_name('results_discussion.md')
+    if discussion.is_file():  # the written analysis, kept in its own file so that reruns keep it
+        lines += ['', discussion.read_text().rstrip()]
     Path(args.results).write_text('\n'.join(lines) + '\n')
     (Path(args.work) / 'summary.json').write_text(json.dumps(dict(settings=settings, throughput=throughput,
                                                                   curves=curves), indent=1))

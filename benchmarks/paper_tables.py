@@ -1,7 +1,7 @@
 """The paper's tables at small scale, on Animal-MNIST, in one command.
 
     .venv/bin/pip install matplotlib            # for the plot
-    python benchmarks/paper_tables.py            # ~1-1.5 h on 2 CPU cores; results: benchmarks/RESULTS.md
+    python benchmarks/paper_tables.py            # ~1 h 40 min on 2 CPU cores (64 jobs); results: benchmarks/RESULTS.md
 
 Base models: the project's plainmamba_mini and vim_mini (14x14 tokens, as ImageNet at 224/16), trained by
 benchmarks/train_animal_mnist.sh; their weights ship in timm_ssm_prune/weights/. Every number comes from a job

@@ -19,8 +19,9 @@ from timm_ssm_prune.data import prepare_animal_mnist
 from timm_ssm_prune.pruning import keep_count, select_tokens, token_importance
 
 
-def run_sample(m, x, stages, metric, mode):
-    """Logits of one image (1, C, H, W) with pruning after the blocks in ``stages``."""
+def run_sample(m, x, stages, metric, mode, shifts=None):
+    """Logits of one image (1, C, H, W) with pruning after the blocks in ``stages``; appends to ``shifts`` how
+    far (in tokens) the raster place is from the middle after each stage."""
     h, layout = m._embed(x)
     r = None
     n = layout.num_patches
@@ -35,6 +36,8 @@ def run_sample(m, x, stages, metric, mode):
             keep = select_tokens(s, k, keep_order=True)[0]
             idx = idx[keep]
             new_p = k // 2 if mode == 'mid' else int((idx < mid).sum())
+            if shifts is not None:
+                shifts.append(abs(int((idx < mid).sum()) - k // 2))
 
             def take(t):
                 pt = torch.cat([t[:, :p], t[:, p + 1:]], 1)[:, keep]
@@ -59,6 +62,7 @@ def main():
     ds = create_dataset('', root=str(root), split='val', transform=create_transform(**resolve_data_config({}, model=m)))
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     correct = dict(model=0, mid=0, raster=0)
+    shifts = []
     with torch.no_grad():
         for j in torch.linspace(0, len(ds) - 1, n).round().long().tolist():
             x, y = ds[j]
@@ -67,10 +71,12 @@ def main():
             correct['model'] += int(ref(x).argmax(-1).item() == y)
             for mode in ('mid', 'raster'):
                 torch.manual_seed(j)
-                correct[mode] += int(run_sample(m, x, stages, args.importance, mode).argmax(-1).item() == y)
+                logits = run_sample(m, x, stages, args.importance, mode, shifts if mode == 'raster' else None)
+                correct[mode] += int(logits.argmax(-1).item() == y)
     pct = {k: 100 * v / n for k, v in correct.items()}
     print(f"vim_mini, prune after {args.prune_layers} keep {args.keep_rate} ({args.importance}), {n} val images: "
-          f"model {pct['model']:.2f} | class token mid {pct['mid']:.2f} | at its raster place {pct['raster']:.2f}")
+          f"model {pct['model']:.2f} | class token mid {pct['mid']:.2f} | at its raster place {pct['raster']:.2f} | "
+          f"mean |raster place - middle| {sum(shifts) / max(len(shifts), 1):.2f} tokens")
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 
 import timm_ssm_prune  # noqa: F401  (registers the models)
 from timm_ssm_prune.data import prepare_animal_mnist
+from timm_ssm_prune.models.vim import split_cls
 from timm_ssm_prune.pruning import keep_count, select_tokens, token_importance
 
 
@@ -32,16 +33,17 @@ def run_sample(m, x, stages, metric, mode, shifts=None):
         h, r, ssm = layer(h, r, None, (i + 1) in stages)
         if (i + 1) in stages:
             k = keep_count(len(idx), stages[i + 1])
-            s = token_importance(torch.cat([ssm[:, :p], ssm[:, p + 1:]], 1), metric)
-            keep = select_tokens(s, k, keep_order=True)[0]
+            keep = select_tokens(token_importance(split_cls(ssm, p)[0], metric), k, keep_order=True)[0]
             idx = idx[keep]
-            new_p = k // 2 if mode == 'mid' else int((idx < mid).sum())
+            raster_p = int((idx < mid).sum())
+            new_p = k // 2 if mode == 'mid' else raster_p
             if shifts is not None:
-                shifts.append(abs(int((idx < mid).sum()) - k // 2))
+                shifts.append(abs(raster_p - k // 2))
 
             def take(t):
-                pt = torch.cat([t[:, :p], t[:, p + 1:]], 1)[:, keep]
-                return torch.cat([pt[:, :new_p], t[:, p:p + 1], pt[:, new_p:]], 1)
+                patches, cls = split_cls(t, p)
+                patches = patches[:, keep]
+                return torch.cat([patches[:, :new_p], cls, patches[:, new_p:]], 1)
             h, r, p = take(h), take(r), new_p
     return m.head(m._final(h, r)[:, p])
 

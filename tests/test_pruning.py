@@ -12,7 +12,7 @@ from timm.utils import ParseKwargs
 import timm_ssm_prune  # noqa: F401  (registers the models)
 from timm_ssm_prune.flops import count_flops
 from timm_ssm_prune.models.plainmamba import PRUNED_DEFAULTS as PM_DEFAULTS
-from timm_ssm_prune.models.plainmamba import PlainMamba2D, TokenLayout
+from timm_ssm_prune.models.plainmamba import PlainMamba2D, SnakeLayout
 from timm_ssm_prune.models.vim import BiMambaMixer
 from timm_ssm_prune.pruning import PruneConfig, keep_count, select_tokens, token_importance
 
@@ -178,13 +178,13 @@ def test_plainmamba_aligned_equals_dense_recurrence_with_skips(decay):
     kept = sorted(torch.randperm(H * W, generator=g)[:11].tolist())
     x = torch.randn(1, len(kept), 8, generator=g)
     pos = torch.tensor([kept])
-    layout = TokenLayout.sparse((H, W), pos, pos, with_gaps=decay)
+    layout = SnakeLayout.sparse((H, W), pos, (H, W), pos, with_gaps=decay)
     with torch.no_grad():
         out, _ = mixer(x, layout)
         ref = _plainmamba_reference(mixer, x[0], kept, H, W, decay=decay)
         torch.testing.assert_close(out[0].double(), ref, rtol=1e-4, atol=1e-5)
         if decay:  # decay really differs from plain aligned
-            plain, _ = mixer(x, TokenLayout.sparse((H, W), pos, pos))
+            plain, _ = mixer(x, SnakeLayout.sparse((H, W), pos, (H, W), pos))
             assert not torch.allclose(plain[0].double(), ref, atol=1e-4)
 
 
@@ -195,7 +195,7 @@ def test_plainmamba_naive_differs_from_the_dense_recurrence():
     kept = sorted(torch.randperm(H * W, generator=g)[:11].tolist())
     x = torch.randn(1, len(kept), 8, generator=g)
     perm = torch.randperm(len(kept), generator=g)  # a score order different from the raster order
-    naive = TokenLayout.sparse((3, 4), torch.arange(len(kept))[None], torch.tensor([kept])[:, perm])
+    naive = SnakeLayout.sparse((H, W), torch.tensor([kept])[:, perm], (3, 4), torch.arange(len(kept))[None])
     with torch.no_grad():
         out, _ = mixer(x[:, perm], naive)
         ref = _plainmamba_reference(mixer, x[0], kept, H, W)
@@ -212,7 +212,7 @@ def test_plainmamba_official_quirks_pair_the_jth_kept_token():
     x = torch.randn(1, len(kept), 8, dtype=torch.float64)
     E, N, R = mixer.d_inner, mixer.d_state, mixer.dt_rank
     with torch.no_grad():
-        out, _ = mixer(x, TokenLayout.sparse((H, W), torch.tensor([kept]), torch.tensor([kept])))
+        out, _ = mixer(x, SnakeLayout.sparse((H, W), torch.tensor([kept]), (H, W), torch.tensor([kept])))
         xi, z = mixer.in_proj(x[0]).chunk(2, dim=-1)
         grid = torch.zeros(H * W, E, dtype=torch.float64)
         grid[kept] = xi
@@ -318,7 +318,7 @@ def test_model_blocks_after_a_stage_see_exactly_the_kept_tokens():
         tokens, layout = dense._embed(x)
         h, r = tokens, None
         for i in range(2):
-            h, r, ssm = dense.layers[i](h, r, None, True)
+            h, r, ssm = dense.layers[i](h, r, layout, True)
         scores = torch.cat([ssm[:, :8], ssm[:, 9:]], 1)
         scores = scores.clamp_min(0).sum(-1)
         keep = torch.sort(torch.sort(scores, descending=True, stable=True).indices[:, :8]).values

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 import timm
 import timm_ssm_prune  # noqa: F401  (registers the models)
-import timm_ssm_prune.models.vim as vim_mod
 from timm_ssm_prune.flops import count_flops
 from timm_ssm_prune.models._loading import load_checkpoint_file
 from timm_ssm_prune.models.vim import BiMambaMixer, checkpoint_filter_fn, resample_mid_cls_embed
@@ -569,7 +568,7 @@ def test_offline_hub_round_trip(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. The timm model contract (tiny configurations of every name)
+# 7. Family-specific parts of the timm contract (the shared ones: tests/test_contract.py)
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name', NAMES)
@@ -599,58 +598,6 @@ def test_contract_shapes_and_heads(name):
     sd = m.state_dict()
     cfg = m.pretrained_cfg
     assert cfg['classifier'] + '.weight' in sd and cfg['first_conv'] + '.weight' in sd
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_contract_backward_reaches_every_parameter(name):
-    m = timm.create_model(name, num_classes=42, **TINY).train()
-    out = m(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 42)
-    out.mean().backward()
-    for n, p in m.named_parameters():
-        assert p.grad is not None, n
-        assert torch.isfinite(p.grad).all(), n
-        assert p.grad.abs().sum() > 0, n
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_contract_intermediates_and_features(name):
-    m = timm.create_model(name, **TINY).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        final, inter = m.forward_intermediates(x)
-        assert len(inter) == 3 and all(t.shape == (2, 32, 4, 4) for t in inter)
-        torch.testing.assert_close(final, m.forward_features(x))
-        nlc = m.forward_intermediates(x, indices=[-1, 0], output_fmt='NLC', intermediates_only=True)
-        assert [t.shape for t in nlc] == [(2, 16, 32)] * 2
-        torch.testing.assert_close(nlc[0], inter[0].flatten(2).transpose(1, 2))
-        torch.testing.assert_close(nlc[1], inter[2].flatten(2).transpose(1, 2))
-        last2 = m.forward_intermediates(x, indices=2, intermediates_only=True)
-        torch.testing.assert_close(last2, inter[1:])
-    with pytest.raises(ValueError):
-        m.forward_intermediates(x, output_fmt='NHWC')
-
-    torch.manual_seed(1)
-    fm = timm.create_model(name, features_only=True, out_indices=(0, 2), **TINY).eval()
-    torch.manual_seed(1)
-    ref = timm.create_model(name, **TINY).eval()
-    assert type(fm).__name__ == 'FeatureGetterNet'
-    assert fm.feature_info.channels() == [32, 32] and fm.feature_info.reduction() == [16, 16]
-    with torch.no_grad():
-        outs = fm(x)
-        expect = ref.forward_intermediates(x, indices=(0, 2), intermediates_only=True)
-    assert len(outs) == 2
-    for o, e in zip(outs, expect):
-        torch.testing.assert_close(o, e)
-
-    with torch.no_grad():
-        before = ref.forward_intermediates(x, indices=[1], intermediates_only=True)
-    kept = ref.prune_intermediate_layers(indices=[1], prune_norm=True)
-    assert kept == [1] and len(ref.layers) == 2
-    assert isinstance(ref.head, torch.nn.Identity) and isinstance(ref.norm_f, torch.nn.Identity)
-    with torch.no_grad():
-        torch.testing.assert_close(ref.forward_intermediates(x, indices=[1], intermediates_only=True), before)
-        assert ref(x).shape == (2, 17, 32)  # no pooling, no norm, no head: the raw tokens after block 1
 
 
 def test_contract_optimizer_layer_decay_and_no_weight_decay():
@@ -687,34 +634,6 @@ def test_contract_optimizer_layer_decay_and_no_weight_decay():
     assert seen == set(names)
 
 
-def test_contract_grad_checkpointing(monkeypatch):
-    torch.manual_seed(2)
-    m = timm.create_model('vim_tiny_patch16_224', **TINY).train()
-    x = torch.randn(2, 3, 64, 64)
-
-    def run():
-        m.zero_grad()
-        out = m(x)
-        out.square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
-
-    out0, g0 = run()
-    calls = []
-    real = vim_mod.checkpoint
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(vim_mod, 'checkpoint', spy)
-    m.set_grad_checkpointing(True)
-    out1, g1 = run()
-    assert len(calls) == 3  # every block went through checkpoint()
-    torch.testing.assert_close(out1, out0, rtol=0, atol=0)
-    for n in g0:
-        torch.testing.assert_close(g1[n], g0[n], rtol=1e-6, atol=1e-7, msg=n)
-
-
 def test_contract_drop_path():
     m = timm.create_model('vim_tiny_patch16_224', drop_path_rate=0.5, **TINY)
     # official schedule: [0] + linspace(0, rate, depth), block i uses entry i, the final add uses the rate
@@ -732,19 +651,6 @@ def test_contract_drop_path():
     m0 = timm.create_model('vim_tiny_patch16_224', **TINY).train()
     with torch.no_grad():
         torch.testing.assert_close(m0(x), m0(x), rtol=0, atol=0)
-
-
-def test_contract_meta_device_and_dtype():
-    m = timm.create_model('vim_small_patch16_224', device='meta', **TINY)
-    assert all(p.is_meta for p in m.parameters())
-    out = m(torch.empty(2, 3, 64, 64, device='meta'))
-    assert out.is_meta and out.shape == (2, 1000)
-    m64 = timm.create_model('vim_small_patch16_224', dtype=torch.float64, **TINY)
-    assert all(p.dtype == torch.float64 for p in m64.parameters())
-    with torch.no_grad():
-        assert m64(torch.randn(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
-    # float64 is float64 throughout (residual and norms too): checked against the reference in
-    # test_model_matches_reference_float64 to 1e-10
 
 
 def test_contract_dynamic_img_size_and_errors():

@@ -219,7 +219,6 @@ def _input_size(model: nn.Module) -> Tuple[int, int, int]:
 def model_facts(model: nn.Module) -> Dict[str, Any]:
     """Numbers for the card: params, token counts, GFLOPs (dense and as configured) at the model's input size."""
     from .flops import count_flops
-    from .pruning import PruneConfig
     input_size = _input_size(model)
     convention = getattr(model, 'default_flops_convention', 'mamba')
     cfg = model.prune_cfg
@@ -232,14 +231,10 @@ def model_facts(model: nn.Module) -> Dict[str, Any]:
         depth=len(model.layers),
         embed_dim=int(model.embed_dim),
     )
-    saved = cfg
-    try:
-        model.prune_cfg = PruneConfig((), cfg.importance, cfg.alignment)
+    with model.pruning_disabled():
         facts['gflops_dense'] = count_flops(model, input_size)
         if convention != 'mamba':
             facts['gflops_dense_all'] = count_flops(model, input_size, convention='mamba')
-    finally:
-        model.prune_cfg = saved
     facts['gflops'] = count_flops(model, input_size) if cfg.enabled else facts['gflops_dense']
     if cfg.enabled and convention != 'mamba':
         facts['gflops_all'] = count_flops(model, input_size, convention='mamba')

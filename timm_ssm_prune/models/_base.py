@@ -1,17 +1,17 @@
-"""Pieces shared by the model families: pruning kwargs, the FLOPs-target solver, position-embedding resampling."""
+"""Pieces shared by the model families: entrypoint helpers, input checks, SSM init, position-embedding resampling."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..pruning import PruneConfig, evenly_spaced_stages
-
-__all__ = ['PrunableMixin', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out', 'acc_dtype',
-           'build_model', 'pruned_kwargs', 'animal_mnist_cfg', 'WEIGHTS_DIR', 'check_checkpoint_compatible']
+__all__ = ['ModelFamily', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out', 'acc_dtype',
+           'build_model', 'pruned_kwargs', 'animal_mnist_cfg', 'WEIGHTS_DIR', 'check_checkpoint_compatible',
+           'check_image_input', 'init_ssm_params']
 
 
 # Weights trained by this project and shipped inside the package (see benchmarks/train_animal_mnist.sh).
@@ -116,136 +116,52 @@ def resample_grid_embed(posemb: Tensor, old_grid: Sequence[int], new_grid: Seque
 
 def take_indices(num_blocks: int, indices: Union[int, Sequence[int], None]) -> Tuple[List[int], int]:
     """timm's feature_take_indices: an int n means the last n blocks; negative indices count from the end."""
-    try:
-        from timm.models._features import feature_take_indices
-        return feature_take_indices(num_blocks, indices)
-    except ImportError:  # pragma: no cover - older/newer timm layouts
-        if indices is None:
-            indices = num_blocks
-        if isinstance(indices, int):
-            if not 0 < indices <= num_blocks:
-                raise ValueError(f"last-n ({indices}) is out of range (1 to {num_blocks})")
-            taken = [num_blocks - indices + i for i in range(indices)]
-        else:
-            taken = []
-            for i in indices:
-                idx = num_blocks + i if i < 0 else i
-                if not 0 <= idx < num_blocks:
-                    raise ValueError(f"feature index {idx} is out of range (0 to {num_blocks - 1})")
-                taken.append(idx)
-        return taken, max(taken)
+    from timm.models._features import feature_take_indices
+    return feature_take_indices(num_blocks, indices)
 
 
-class PrunableMixin:
-    """Prune-configuration plumbing for a model with ``self.layers`` (blocks) and ``num_prunable_tokens``.
-
-    Model kwargs (all optional; none is called ``pruned``, which timm reserves):
-        prune_layers:    block counts after which to prune, e.g. (5, 10, 15)
-        keep_rate:       float, or one float per stage, in (0, 1]
-        importance:      'clip' | 'l1' | 'l2' | 'sum' | 'random'
-        alignment:       'aligned' | 'naive' | 'decay'
-        flops_reduction: e.g. 0.4 -> solve one keep rate for all stages (evenly spaced stages, 3 by default,
-                         unless prune_layers is given) so that the model's FLOPs drop by 40 %
-    """
-    prune_cfg: PruneConfig
-    default_flops_convention = 'mamba'
-
-    def _init_pruning(self, prune_layers=None, keep_rate=None, importance='clip', alignment='aligned',
-                      flops_reduction=None):
-        self.prune_cfg = PruneConfig()
-        self.set_pruning(prune_layers=prune_layers, keep_rate=keep_rate, importance=importance,
-                         alignment=alignment, flops_reduction=flops_reduction)
-
-    @property
-    def depth(self) -> int:
-        return len(self.layers)
-
-    def set_pruning(self, prune_layers=None, keep_rate=None, importance: str = 'clip', alignment: str = 'aligned',
-                    flops_reduction: Optional[float] = None) -> PruneConfig:
-        """(Re)configure token pruning in place; returns the validated configuration."""
-        if flops_reduction is not None:
-            if keep_rate is not None:
-                raise ValueError("give either keep_rate or flops_reduction, not both")
-            cfg = self._solve_flops_reduction(flops_reduction, prune_layers, importance, alignment)
-        else:
-            cfg = PruneConfig.from_kwargs(prune_layers, keep_rate, importance, alignment)
-        cfg.validate(self.depth, self.num_prunable_tokens)
-        self.prune_cfg = cfg
-        return cfg
-
-    def token_counts(self) -> List[int]:
-        """Prunable tokens alive in the blocks before the first stage and after each stage (default grid)."""
-        return self.prune_cfg.token_counts(self.num_prunable_tokens)
-
-    def _solve_flops_reduction(self, target: float, prune_layers, importance: str, alignment: str) -> PruneConfig:
-        from ..flops import count_flops
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= float(target) < 1.0:
-            raise ValueError(f"flops_reduction must be in [0, 1), got {target!r}")
-        if prune_layers is None:
-            prune_layers = evenly_spaced_stages(self.depth, 3)
-        prune_layers = tuple(prune_layers) if not isinstance(prune_layers, int) else (prune_layers,)
-        input_size = (self.in_chans, *self.img_size)
-        saved = self.prune_cfg
-        try:
-            self.prune_cfg = PruneConfig((), importance, alignment)
-            dense = count_flops(self, input_size)
-
-            cache = {}
-
-            def reduction(rate: float) -> float:  # FLOPs depend on the rate only through the token counts
-                cfg = PruneConfig.from_kwargs(prune_layers, rate, importance, alignment)
-                key = tuple(cfg.token_counts(self.num_prunable_tokens))
-                if key not in cache:
-                    self.prune_cfg = cfg
-                    cache[key] = 1.0 - count_flops(self, input_size) / dense
-                return cache[key]
-
-            lo = 1.0 / self.num_prunable_tokens  # keeps one token per stage
-            if reduction(lo) < target:
-                raise ValueError(f"flops_reduction={target} is out of reach with stages after blocks "
-                                 f"{list(prune_layers)}: at most {reduction(lo):.3f}")
-            hi = 1.0
-            for _ in range(30):  # reduction(rate) falls as rate grows; bracket the rate reaching the target
-                mid = 0.5 * (lo + hi)
-                if reduction(mid) >= target:
-                    lo = mid
-                else:
-                    hi = mid
-            best = min((lo, hi), key=lambda r: abs(reduction(r) - target))
-            best = _plateau_centre(best, prune_layers, self.num_prunable_tokens)
-        finally:
-            self.prune_cfg = saved
-        return PruneConfig.from_kwargs(prune_layers, best, importance, alignment)
-
-    def _init_check_size(self, grid: Tuple[int, int], what: str):
-        if grid[0] < 1 or grid[1] < 1:
-            raise ValueError(f"{what} gives an empty token grid {grid}")
+def check_image_input(model, x: Tensor) -> None:
+    """Clear errors for a batch the model cannot take: wrong rank/channels, or another size without
+    ``dynamic_img_size``."""
+    if x.dim() != 4 or x.shape[1] != model.in_chans:
+        raise ValueError(f"expected images (B, {model.in_chans}, H, W), got shape {tuple(x.shape)}")
+    img = tuple(x.shape[-2:])
+    if img != model.img_size and not model.dynamic_img_size:
+        raise ValueError(f"input size {img} does not match the model's img_size {model.img_size}; create the "
+                         f"model with img_size={img} or dynamic_img_size=True")
 
 
-def _plateau_centre(rate: float, prune_layers, num_tokens: int) -> float:
-    """A short, round keep rate giving the same token counts as ``rate``, away from the edges of its plateau
-    (token counts are a step function of the rate; a rate on a step edge is fragile)."""
-    def counts(r):
-        return PruneConfig.from_kwargs(prune_layers, r).token_counts(num_tokens)
+@torch.no_grad()
+def init_ssm_params(dt_proj: nn.Linear, A_log: Tensor, D: Tensor, dt_rank: int, bias_scale: float = 1.0,
+                    dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+    """Mamba's initialisation of the step projection and the state matrix: dt_proj weight uniform in
+    ±dt_rank^-1/2; its bias the inverse softplus of a step log-uniform in [dt_min, dt_max] (times
+    ``bias_scale``); A = -(1..N) per channel (stored as log); D = 1."""
+    std = dt_rank ** -0.5
+    nn.init.uniform_(dt_proj.weight, -std, std)
+    d_inner, d_state = A_log.shape
+    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(1e-4)
+    dt_proj.bias.copy_((dt + torch.log(-torch.expm1(-dt))) * bias_scale)
+    A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+    D.fill_(1.0)
 
-    target = counts(rate)
 
-    def edge(inside: float, outside: float) -> float:
-        for _ in range(50):
-            mid = 0.5 * (inside + outside)
-            if counts(mid) == target:
-                inside = mid
-            else:
-                outside = mid
-        return inside
+class ModelFamily:
+    """Entrypoint helpers of one model family: the architectures (``archs``: variant -> kwargs), the default
+    schedules of its ``*_pruned`` names, the model class and its checkpoint filter."""
 
-    left, right = edge(rate, 1e-9), edge(rate, 1.0) if counts(1.0) != target else 1.0
-    centre = 0.5 * (left + right)
-    for digits in range(2, 8):
-        r = round(centre, digits)
-        if left <= r <= right and counts(r) == target:
-            return r
-    return centre
+    def __init__(self, model_cls, filter_fn, archs: dict, pruned_defaults: dict):
+        self.model_cls, self.filter_fn = model_cls, filter_fn
+        self.archs, self.pruned_defaults = archs, pruned_defaults
+
+    def create(self, variant: str, pretrained: bool = False, **kwargs):
+        return build_model(self.model_cls, variant, pretrained, self.filter_fn, **kwargs)
+
+    def dense(self, arch: str, variant: str, pretrained: bool, kwargs: dict, **extra):
+        return self.create(variant, pretrained, **dict(self.archs[arch], **extra, **kwargs))
+
+    def pruned(self, arch: str, variant: str, pretrained: bool, kwargs: dict):
+        return self.create(variant, pretrained, **pruned_kwargs(self.archs[arch], self.pruned_defaults[arch], kwargs))
 
 
 def check_checkpoint_compatible(sd: dict, model, norm_key: str, family: str) -> None:

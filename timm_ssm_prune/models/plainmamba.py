@@ -33,12 +33,12 @@ from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ..ops import selective_scan
-from ..pruning import condensed_grid, gather_tokens, keep_count, restrict_scan_order, select_tokens, token_importance
-from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, ceil_div, check_checkpoint_compatible,
-                    conv_out, pruned_kwargs, resample_grid_embed, take_indices, to_2tuple)
+from ..ops import decay_selective_scan, selective_scan
+from ..pruning import PrunableMixin, TokenLayout, condensed_grid, restrict_scan_order
+from ._base import (ModelFamily, acc_dtype, animal_mnist_cfg, ceil_div, check_checkpoint_compatible, check_image_input,
+                    conv_out, init_ssm_params, resample_grid_embed, take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['PlainMamba', 'checkpoint_filter_fn', 'snake_scan_tables']
@@ -85,49 +85,67 @@ def snake_scan_tables(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, 
 
 
 @dataclass
-class TokenLayout:
-    """Where the tokens of the current sequence sit, and how each scan direction visits them.
+class SnakeLayout(TokenLayout):
+    """PlainMamba's tokens: where they sit on the grid the mixer sees, and how each scan direction visits them.
 
-    grid:    (H, W) grid seen by the mixer's 2-D convolution and scan orders
-    pos:     (B, n) grid position of each token, or None for the full grid in raster order
-    index:   (B, n) position of each token on the original grid (for dense features), or None (= all, raster)
-    gather:  (4*B*n,) row of the flattened (B*n) sequence visited at each scan step, direction-major
-    codes:   (4, B, n) direction code at each scan step
-    gaps:    (4, B, n) pruned positions skipped before each scan step, or None (no 'decay')
-    flat_pos: (B*n,) flattened grid row of each token (b*H*W + pos), for scatter/gather around the conv
+    grid:     (H, W) original patch grid (dense feature maps)
+    index:    (B, n) original grid position of each token, or None (all, raster order)
+    scan_grid: (H', W') grid seen by the 2-D convolutions and the scan orders: the original grid, or a condensed
+              one after a 'naive' stage
+    pos:      (B, n) position of each token on ``scan_grid``, or None (the full grid in raster order)
+    gather:   (4*B*n,) row of the flattened (B*n) sequence visited at each scan step, direction-major
+    codes:    (4, B, n) direction code at each scan step
+    gaps:     (4, B, n) pruned positions skipped before each scan step, or None (no 'decay')
+    flat_pos: (B*n,) flattened grid row of each token (b*H'*W' + pos), for scatter/gather around the conv
     """
     grid: Tuple[int, int]
-    pos: Optional[Tensor]
     index: Optional[Tensor]
+    scan_grid: Tuple[int, int]
+    pos: Optional[Tensor]
     gather: Tensor
     codes: Tensor
     gaps: Optional[Tensor] = None
     flat_pos: Optional[Tensor] = None
 
+    @property
+    def num_patches(self) -> int:
+        return self.codes.shape[-1]
+
     @classmethod
-    def dense(cls, batch: int, grid: Tuple[int, int], device) -> 'TokenLayout':
+    def dense(cls, batch: int, grid: Tuple[int, int], device) -> 'SnakeLayout':
         order, _, _, code_at_step = (t.to(device) for t in snake_scan_tables(*grid))
         offs = torch.arange(batch, device=device).view(1, batch, 1) * (grid[0] * grid[1])
         gather = (order.unsqueeze(1) + offs).reshape(-1)
-        return cls(grid, None, None, gather, code_at_step.unsqueeze(1).expand(-1, batch, -1))
+        return cls(grid, None, grid, None, gather, code_at_step.unsqueeze(1).expand(-1, batch, -1))
 
     @classmethod
-    def sparse(cls, grid: Tuple[int, int], pos: Tensor, index: Tensor, with_gaps: bool = False) -> 'TokenLayout':
-        """Tokens at grid positions ``pos`` (B, n), in sequence order; each scan visits them in its dense order."""
-        _, rank, code_at_pos, _ = (t.to(pos.device) for t in snake_scan_tables(*grid))
+    def sparse(cls, grid: Tuple[int, int], index: Tensor, scan_grid: Tuple[int, int], pos: Tensor,
+               with_gaps: bool = False) -> 'SnakeLayout':
+        """Tokens at ``scan_grid`` positions ``pos`` (B, n), in sequence order; each scan visits them in its dense
+        order on that grid (hidden state alignment)."""
+        _, rank, code_at_pos, _ = (t.to(pos.device) for t in snake_scan_tables(*scan_grid))
         batch, n = pos.shape
-        so = restrict_scan_order(rank, pos)
-        codes = torch.gather(code_at_pos[:, pos], 2, so.perm)  # each kept token keeps its own code
+        perm, gaps = restrict_scan_order(rank, pos)
+        codes = torch.gather(code_at_pos[:, pos], 2, perm)  # each kept token keeps its own code
         offs = torch.arange(batch, device=pos.device).view(1, batch, 1) * n
-        gather = (so.perm + offs).reshape(-1)
-        flat_pos = (pos + torch.arange(batch, device=pos.device).view(batch, 1) * (grid[0] * grid[1])).reshape(-1)
-        return cls(grid, pos, index, gather, codes, so.gaps if with_gaps else None, flat_pos)
+        gather = (perm + offs).reshape(-1)
+        flat_pos = (pos + torch.arange(batch, device=pos.device).view(batch, 1) * (scan_grid[0] * scan_grid[1]))
+        return cls(grid, index, scan_grid, pos, gather, codes, gaps if with_gaps else None, flat_pos.reshape(-1))
+
+    def restrict(self, keep: Tensor, alignment: str) -> Tuple['SnakeLayout', Tensor]:
+        index = self.original_index(keep)
+        if alignment == 'naive':  # ViT-style: the kept tokens, in the given order, row by row on a smaller grid
+            k = keep.shape[1]
+            return SnakeLayout.sparse(self.grid, index, condensed_grid(k),
+                                      torch.arange(k, device=keep.device).expand(keep.shape[0], -1)), keep
+        # aligned / decay: tokens keep their grid positions and the dense scan orders
+        return SnakeLayout.sparse(self.grid, index, self.grid, index, with_gaps=alignment == 'decay'), keep
 
     def conv(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         """Apply a 2-D map ``fn`` (B, C, H, W) -> (B, C, H, W) to tokens x (B, n, C) at their grid positions;
         grid cells without a token are zero."""
         batch, n, chans = x.shape
-        h, w = self.grid
+        h, w = self.scan_grid
         if self.pos is None:
             out = fn(x.transpose(1, 2).reshape(batch, chans, h, w))
             return out.flatten(2).transpose(1, 2)
@@ -135,12 +153,6 @@ class TokenLayout:
         canvas.index_copy_(0, self.flat_pos, x.reshape(batch * n, chans))
         out = fn(canvas.view(batch, h, w, chans).permute(0, 3, 1, 2))
         return out.permute(0, 2, 3, 1).reshape(batch * h * w, chans)[self.flat_pos].reshape(batch, n, chans)
-
-    def to_grid(self, x: Tensor, canvas: Optional[Tensor]) -> Tensor:
-        """Tokens x (B, n, C) written at their original grid positions over ``canvas`` (B, H0*W0, C)."""
-        if self.index is None:
-            return x
-        return canvas.scatter(1, self.index.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,15 +192,9 @@ class PlainMamba2D(nn.Module):
             trunc_normal_(lin.weight, std=.02)
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
-        std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(1e-4)
-        inv_softplus = dt + torch.log(-torch.expm1(-dt))
         # With Q1 the bias enters twice: halve it so that the effective step starts in [dt_min, dt_max].
-        self.dt_proj.bias.copy_(inv_softplus / (2 if self.official_quirks else 1))
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
-        self.D.fill_(1.0)
+        init_ssm_params(self.dt_proj, self.A_log, self.D, self.dt_rank, 0.5 if self.official_quirks else 1.0,
+                        dt_min, dt_max)
         trunc_normal_(self.direction_Bs, std=.02)
 
     def effective_dt_bias(self) -> Tensor:
@@ -196,7 +202,7 @@ class PlainMamba2D(nn.Module):
         b = self.dt_proj.bias.to(acc_dtype(self.dt_proj.bias.dtype))
         return 2 * b if self.official_quirks else b
 
-    def forward(self, x: Tensor, layout: TokenLayout, return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor, layout: SnakeLayout, return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """x (B, n, C) tokens in sequence order; returns (out (B, n, C), SSM output y (B, n, E) or None).
         y is the sum of the four directions at each token's position, gated: what importance is scored on."""
         batch, n, _ = x.shape
@@ -222,8 +228,9 @@ class PlainMamba2D(nn.Module):
             Cs = Cm.reshape(batch * n, N)[rows].reshape(S * batch, n, N)
 
         if layout.gaps is not None:  # 'decay' alignment after a pruning stage
-            y = _decay_scan(u, dts, A, Bs, Cs, self.D, delta_bias, self.effective_dt_bias(),
-                            layout.gaps.reshape(S * batch, n), self.scan_backend)
+            y = decay_selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2),
+                                     Cs.transpose(1, 2), self.D, None, delta_bias, self.effective_dt_bias(),
+                                     layout.gaps.reshape(S * batch, 1, n), self.scan_backend)
         else:
             y = selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2), Cs.transpose(1, 2),
                                self.D.to(f), None, delta_bias, True, backend=self.scan_backend)
@@ -231,19 +238,6 @@ class PlainMamba2D(nn.Module):
         y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
         y_seq = y_seq.reshape(batch, n, E) * F.silu(z)
         return self.out_proj(y_seq), (y_seq.detach() if return_ssm else None)
-
-
-def _decay_scan(u, dts, A, Bs, Cs, D, delta_bias, dt_bar_bias, gaps, backend):
-    """'decay' alignment: the state also decays across the g pruned positions before a kept token with the
-    token-independent step softplus(bias): Δ' = Δ + g·Δ̄, u' = u·Δ/Δ' (input term Δ'u'B = ΔuB unchanged),
-    D·u added outside the scan. Inputs in (batch, length, channels) layout."""
-    f = acc_dtype(u.dtype)
-    delta = F.softplus(dts.to(f) + delta_bias)
-    delta_new = delta + gaps.unsqueeze(-1).to(delta.dtype) * F.softplus(dt_bar_bias)
-    u_new = (u.to(f) * (delta / delta_new)).to(u.dtype)
-    y = selective_scan(u_new.transpose(1, 2), delta_new.to(u.dtype).transpose(1, 2), A, Bs.transpose(1, 2),
-                       Cs.transpose(1, 2), None, None, None, False, backend=backend)
-    return (y.to(f) + D.to(f)[:, None] * u.to(f).transpose(1, 2)).to(y.dtype)
 
 
 class PlainMambaLayer(nn.Module):
@@ -260,7 +254,7 @@ class PlainMambaLayer(nn.Module):
             nn.GELU(),
         ) if with_dwconv else None
 
-    def forward(self, x: Tensor, layout: TokenLayout, return_ssm: bool = False):
+    def forward(self, x: Tensor, layout: SnakeLayout, return_ssm: bool = False):
         out, ssm = self.mamba(self.norm(x), layout, return_ssm)
         x = x + self.drop_path(out)
         if self.dw is not None:  # replaces x, no residual (official L1 layer 0)
@@ -404,62 +398,18 @@ class PlainMamba(PrunableMixin, nn.Module):
             if num_classes > 0 else nn.Identity()
 
     # -------------------------------------------------------------------------------- forward
-    def _embed(self, x: Tensor) -> Tuple[Tensor, TokenLayout]:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        img = tuple(x.shape[-2:])
-        if img != self.img_size and not self.dynamic_img_size:
-            raise ValueError(f"input size {img} does not match the model's img_size {self.img_size}; create the "
-                             f"model with img_size={img} or dynamic_img_size=True")
+    def _embed(self, x: Tensor) -> Tuple[Tensor, SnakeLayout]:
+        check_image_input(self, x)
         x = self.patch_embed(x)
         grid = tuple(x.shape[-2:])
         pos = resample_grid_embed(self.pos_embed, self.grid_size, grid)
         x = self.pos_drop(x.flatten(2).transpose(1, 2) + pos)
-        return x, TokenLayout.dense(x.shape[0], grid, x.device)
-
-    def _prune(self, x: Tensor, ssm: Tensor, layout: TokenLayout, stage: int) -> Tuple[Tensor, TokenLayout]:
-        cfg = self.prune_cfg
-        n = x.shape[1]
-        k = keep_count(n, cfg.stages[stage].keep_rate)
-        if k == n and cfg.alignment != 'naive':
-            return x, layout
-        scores = token_importance(ssm, cfg.importance)
-        keep = select_tokens(scores, k, keep_order=cfg.alignment != 'naive')
-        x = gather_tokens(x, keep)
-        index = keep if layout.index is None else torch.gather(layout.index, 1, keep)
-        if cfg.alignment == 'naive':  # ViT-style: pack in score order on a smaller grid
-            grid = condensed_grid(k)
-            pos = torch.arange(k, device=x.device).expand(x.shape[0], -1)
-        else:  # aligned / decay: tokens keep their grid positions and dense scan orders
-            grid, pos = layout.grid, index
-        return x, TokenLayout.sparse(grid, pos, index, with_gaps=cfg.alignment == 'decay')
-
-    def _run_layers(self, x: Tensor, layout: TokenLayout, stop: Optional[int] = None,
-                    take: Sequence[int] = (), norm: bool = False):
-        """Run layers [0, stop); return (x, layout, dense features of the ``take`` layers)."""
-        stages = self.prune_cfg.stage_at()
-        feats, canvas = [], None
-        want = set(take)
-        for i, layer in enumerate(self.layers[:stop]):
-            stage = stages.get(i)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x, ssm = checkpoint(layer, x, layout, stage is not None)
-            else:
-                x, ssm = layer(x, layout, stage is not None)
-            if stage is not None:
-                if want:
-                    canvas = layout.to_grid(x, canvas)
-                x, layout = self._prune(x, ssm, layout, stage)
-            if i in want:
-                feats.append(layout.to_grid(x, canvas))
-        if norm:
-            feats = [self.ln1(f) for f in feats]
-        return x, layout, feats
+        return x, SnakeLayout.dense(x.shape[0], grid, x.device)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, n, C) normalised tokens; n = tokens kept after the last stage (all tokens when dense)."""
         x, layout = self._embed(x)
-        x, _, _ = self._run_layers(x, layout)
+        (x,), _, _ = self._run_stages([x], layout)
         return self.ln1(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -482,7 +432,9 @@ class PlainMamba(PrunableMixin, nn.Module):
         x, layout = self._embed(x)
         grid = layout.grid
         stop = max_index + 1 if (stop_early or intermediates_only) else None
-        x, _, feats = self._run_layers(x, layout, stop=stop, take=take, norm=norm)
+        (x,), _, feats = self._run_stages([x], layout, stop=stop, take=take)
+        if norm:
+            feats = [self.ln1(f) for f in feats]
         if output_fmt == 'NCHW':
             feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
         if intermediates_only:
@@ -580,55 +532,46 @@ PRUNED_DEFAULTS = {
 }
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs):
-    return build_model(PlainMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
-
-
-def _dense(arch: str, variant: str, pretrained: bool, kwargs):
-    return _create(variant, pretrained, **dict(_ARCHS[arch], **kwargs))
-
-
-def _pruned(arch: str, variant: str, pretrained: bool, kwargs):
-    return _create(variant, pretrained, **pruned_kwargs(_ARCHS[arch], PRUNED_DEFAULTS[arch], kwargs))
+_family = ModelFamily(PlainMamba, checkpoint_filter_fn, _ARCHS, PRUNED_DEFAULTS)
 
 
 @register_model
 def plainmamba_l1(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L1 (7.6M params, 3.0 GFLOPs, 77.9 % IN-1k top-1)."""
-    return _dense('l1', 'plainmamba_l1', pretrained, kwargs)
+    return _family.dense('l1', 'plainmamba_l1', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l2(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L2 (26.1M params, 8.1 GFLOPs, 81.6 % IN-1k top-1)."""
-    return _dense('l2', 'plainmamba_l2', pretrained, kwargs)
+    return _family.dense('l2', 'plainmamba_l2', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l3(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L3 (51.0M params, 14.4 GFLOPs, 82.3 % IN-1k top-1)."""
-    return _dense('l3', 'plainmamba_l3', pretrained, kwargs)
+    return _family.dense('l3', 'plainmamba_l3', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_mini(pretrained: bool = False, **kwargs) -> PlainMamba:
     """A 97K-parameter PlainMamba for 28x28 grey images (14x14 tokens), trained here on Animal-MNIST."""
-    return _dense('mini', 'plainmamba_mini', pretrained, kwargs)
+    return _family.dense('mini', 'plainmamba_mini', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l1_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L1 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
-    return _pruned('l1', 'plainmamba_l1_pruned', pretrained, kwargs)
+    return _family.pruned('l1', 'plainmamba_l1_pruned', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l2_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L2 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
-    return _pruned('l2', 'plainmamba_l2_pruned', pretrained, kwargs)
+    return _family.pruned('l2', 'plainmamba_l2_pruned', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l3_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
     """PlainMamba-L3 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
-    return _pruned('l3', 'plainmamba_l3_pruned', pretrained, kwargs)
+    return _family.pruned('l3', 'plainmamba_l3_pruned', pretrained, kwargs)

@@ -29,12 +29,12 @@ from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ..ops import causal_conv1d, selective_scan
-from ..pruning import gather_tokens, keep_count, select_tokens, token_importance
-from ._base import (PrunableMixin, acc_dtype, animal_mnist_cfg, build_model, check_checkpoint_compatible,
-                    pruned_kwargs, resample_grid_embed, take_indices, to_2tuple)
+from ..ops import causal_conv1d, decay_selective_scan, selective_scan
+from ..pruning import PrunableMixin, TokenLayout
+from ._base import (ModelFamily, acc_dtype, animal_mnist_cfg, check_checkpoint_compatible, check_image_input,
+                    init_ssm_params, resample_grid_embed, take_indices, to_2tuple)
 from ._loading import unwrap_checkpoint
 
 __all__ = ['Vim', 'checkpoint_filter_fn']
@@ -56,26 +56,44 @@ class RMSNorm(nn.Module):
 
 
 @dataclass
-class VimLayout:
-    """The current token sequence: kept patches in sequence order with the class token at ``cls_pos``.
+class VimLayout(TokenLayout):
+    """The current token sequence: patch tokens in sequence order with the class token at ``cls_pos``.
 
+    grid:  original patch grid
     index: (B, n) original patch index (raster) of each patch token in sequence order, None = all, raster
     gaps:  (2, B, n + 1) pruned patches skipped before each token by the forward scan and (in the reversed
            sequence's order) by the backward scan; None unless alignment='decay' after a stage
     """
     grid: Tuple[int, int]
-    num_patches: int
+    n: int
     index: Optional[Tensor] = None
     gaps: Optional[Tensor] = None
 
     @property
-    def cls_pos(self) -> int:
-        return self.num_patches // 2
+    def num_patches(self) -> int:
+        return self.n
 
-    def to_grid(self, patches: Tensor, canvas: Optional[Tensor]) -> Tensor:
-        if self.index is None:
-            return patches
-        return canvas.scatter(1, self.index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]), patches)
+    @property
+    def cls_pos(self) -> int:
+        return self.n // 2
+
+    @property
+    def protected(self) -> Tuple[int, ...]:
+        return (self.cls_pos,)
+
+    def patches(self, t: Tensor) -> Tensor:
+        return split_cls(t, self.cls_pos)[0]
+
+    def restrict(self, keep: Tensor, alignment: str) -> Tuple['VimLayout', Tensor]:
+        """Kept patches in the given order, the class token back in the middle of the kept sequence (the
+        paper's code); 'decay' adds the scan gaps of the kept patches."""
+        index = self.original_index(keep)
+        k = keep.shape[1]
+        seq = keep + (keep >= self.cls_pos).long()  # sequence position of each kept patch
+        cls = torch.full_like(keep[:, :1], self.cls_pos)
+        seq = insert_cls(seq.unsqueeze(-1), cls.unsqueeze(-1)).squeeze(-1)
+        gaps = _scan_gaps(index, self.grid[0] * self.grid[1]) if alignment == 'decay' else None
+        return VimLayout(self.grid, k, index, gaps), seq
 
 
 def split_cls(x: Tensor, cls_pos: int) -> Tuple[Tensor, Tensor]:
@@ -101,15 +119,8 @@ class VimBranch(nn.Module):
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state, **dd))
         self.D = nn.Parameter(torch.empty(d_inner, **dd))
 
-    @torch.no_grad()
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1):
-        std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        d_inner = self.D.shape[0]
-        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(1e-4)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
-        self.D.fill_(1.0)
+        init_ssm_params(self.dt_proj, self.A_log, self.D, self.dt_rank, 1.0, dt_min, dt_max)
 
     def forward(self, x: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """x (B, E, L) -> u (B, E, L), delta (B, E, L) (before bias/softplus), B (B, N, L), C (B, N, L)."""
@@ -151,12 +162,7 @@ class BiMambaMixer(nn.Module):
         bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).to(f)
         if gaps is not None:  # 'decay' alignment after a pruning stage
             g = torch.stack([gaps[0], gaps[1].flip(-1)], dim=1).repeat_interleave(E, dim=1)  # (B, 2E, L)
-            delta_f = F.softplus(delta.to(f) + bias[:, None])
-            delta_new = delta_f + g.to(delta_f.dtype) * F.softplus(bias)[:, None]
-            u_new = (u.to(f) * (delta_f / delta_new)).to(u.dtype)
-            y = selective_scan(u_new, delta_new.to(u.dtype), A, Bs, Cs, None, None, None, False,
-                               backend=self.scan_backend)
-            y = ((y.to(f) + D[:, None] * u.to(f)) * F.silu(zz.to(f))).to(y.dtype)
+            y = decay_selective_scan(u, delta, A, Bs, Cs, D, zz, bias, bias, g, backend=self.scan_backend)
         else:
             y = selective_scan(u, delta, A, Bs, Cs, D, zz, bias, True, backend=self.scan_backend)
         y = ((y[:, :E] + y[:, E:].flip(-1)) / 2).transpose(1, 2)  # (B, L, E)
@@ -170,11 +176,10 @@ class VimBlock(nn.Module):
         self.mixer = BiMambaMixer(dim, device=device, dtype=dtype, **mixer_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, hidden: Tensor, residual: Optional[Tensor], gaps: Optional[Tensor] = None,
-                return_ssm: bool = False):
+    def forward(self, hidden: Tensor, residual: Optional[Tensor], layout: VimLayout, return_ssm: bool = False):
         acc = acc_dtype(hidden.dtype)
         residual = hidden.to(acc) if residual is None else residual + self.drop_path(hidden).to(acc)
-        hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), gaps, return_ssm)
+        hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), layout.gaps, return_ssm)
         return hidden, residual, ssm
 
 
@@ -307,12 +312,7 @@ class Vim(PrunableMixin, nn.Module):
         return resample_mid_cls_embed(self.pos_embed, self.grid_size, grid)
 
     def _embed(self, x: Tensor) -> Tuple[Tensor, VimLayout]:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        img = tuple(x.shape[-2:])
-        if img != self.img_size and not self.dynamic_img_size:
-            raise ValueError(f"input size {img} does not match the model's img_size {self.img_size}; create the "
-                             f"model with img_size={img} or dynamic_img_size=True")
+        check_image_input(self, x)
         x = self.patch_embed(x)
         grid = tuple(x.shape[-2:])
         x = x.flatten(2).transpose(1, 2)
@@ -320,41 +320,9 @@ class Vim(PrunableMixin, nn.Module):
         x = self.pos_drop(x + self._pos_embed(grid))
         return x, VimLayout(grid, grid[0] * grid[1])
 
-    def _prune(self, hidden: Tensor, residual: Tensor, ssm: Tensor, layout: VimLayout, stage: int):
-        cfg = self.prune_cfg
-        n = layout.num_patches
-        k = keep_count(n, cfg.stages[stage].keep_rate)
-        if k == n and cfg.alignment != 'naive':
-            return hidden, residual, layout
-        scores, _ = split_cls(token_importance(ssm, cfg.importance).unsqueeze(-1), layout.cls_pos)
-        keep = select_tokens(scores.squeeze(-1), k, keep_order=cfg.alignment != 'naive')
-        index = keep if layout.index is None else torch.gather(layout.index, 1, keep)
-
-        def _take(t):
-            patches, cls = split_cls(t, layout.cls_pos)
-            return insert_cls(gather_tokens(patches, keep), cls)
-
-        gaps = _scan_gaps(index, layout.grid[0] * layout.grid[1]) if cfg.alignment == 'decay' else None
-        return _take(hidden), _take(residual), VimLayout(layout.grid, k, index, gaps)
-
-    def _run_layers(self, x: Tensor, layout: VimLayout, stop: Optional[int] = None, take: Sequence[int] = ()):
-        stages = self.prune_cfg.stage_at()
-        hidden, residual = x, None
-        want = set(take)
-        feats, canvas = [], None
-        for i, layer in enumerate(self.layers[:stop]):
-            stage = stages.get(i)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                hidden, residual, ssm = checkpoint(layer, hidden, residual, layout.gaps, stage is not None)
-            else:
-                hidden, residual, ssm = layer(hidden, residual, layout.gaps, stage is not None)
-            if stage is not None:
-                if want:
-                    canvas = layout.to_grid(split_cls(residual + hidden, layout.cls_pos)[0], canvas)
-                hidden, residual, layout = self._prune(hidden, residual, ssm, layout, stage)
-            if i in want:
-                feats.append(layout.to_grid(split_cls(residual + hidden, layout.cls_pos)[0], canvas))
-        return hidden, residual, layout, feats
+    def _feature_tokens(self, state):
+        hidden, residual = state
+        return residual + hidden
 
     def _final(self, hidden: Tensor, residual: Tensor) -> Tensor:
         return self.norm_f(residual + self.drop_path(hidden).to(residual.dtype)).to(hidden.dtype)
@@ -362,7 +330,7 @@ class Vim(PrunableMixin, nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, n + 1, C) normalised tokens with the class token in the middle (index n // 2)."""
         x, layout = self._embed(x)
-        hidden, residual, _, _ = self._run_layers(x, layout)
+        (hidden, residual), _, _ = self._run_stages([x, None], layout)
         return self._final(hidden, residual)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -389,7 +357,7 @@ class Vim(PrunableMixin, nn.Module):
         x, layout = self._embed(x)
         grid = layout.grid
         stop = max_index + 1 if (stop_early or intermediates_only) else None
-        hidden, residual, _, feats = self._run_layers(x, layout, stop=stop, take=take)
+        (hidden, residual), _, feats = self._run_stages([x, None], layout, stop=stop, take=take)
         feats = [self.norm_f(f).to(x.dtype) if norm else f.to(x.dtype) for f in feats]
         if output_fmt == 'NCHW':
             feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
@@ -529,67 +497,58 @@ PRUNED_DEFAULTS = {
 }
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs):
-    return build_model(Vim, variant, pretrained, checkpoint_filter_fn, **kwargs)
-
-
-def _dense(arch: str, variant: str, pretrained: bool, kwargs, **extra):
-    return _create(variant, pretrained, **dict(_ARCHS[arch], **extra, **kwargs))
-
-
-def _pruned(arch: str, variant: str, pretrained: bool, kwargs):
-    return _create(variant, pretrained, **pruned_kwargs(_ARCHS[arch], PRUNED_DEFAULTS[arch], kwargs))
+_family = ModelFamily(Vim, checkpoint_filter_fn, _ARCHS, PRUNED_DEFAULTS)
 
 
 @register_model
 def vim_tiny_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-Ti (7.1M params, 1.5 GFLOPs, 76.1 % IN-1k top-1), middle class token."""
-    return _dense('tiny', 'vim_tiny_patch16_224', pretrained, kwargs)
+    return _family.dense('tiny', 'vim_tiny_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def vim_small_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-S (25.8M params, 5.1 GFLOPs, 80.5 % IN-1k top-1), middle class token."""
-    return _dense('small', 'vim_small_patch16_224', pretrained, kwargs)
+    return _family.dense('small', 'vim_small_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def vim_base_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-B (97.6M params, 18.9 GFLOPs, 81.9 % IN-1k top-1), middle class token."""
-    return _dense('base', 'vim_base_patch16_224', pretrained, kwargs)
+    return _family.dense('base', 'vim_base_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def vim_tiny_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-Ti+ (stride-8 fine-tune, 27x27 tokens, 78.3 % IN-1k top-1)."""
-    return _dense('tiny', 'vim_tiny_patch16_stride8_224', pretrained, kwargs, stride=8)
+    return _family.dense('tiny', 'vim_tiny_patch16_stride8_224', pretrained, kwargs, stride=8)
 
 
 @register_model
 def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-S+ (stride-8 fine-tune, 27x27 tokens, 81.6 % IN-1k top-1)."""
-    return _dense('small', 'vim_small_patch16_stride8_224', pretrained, kwargs, stride=8)
+    return _family.dense('small', 'vim_small_patch16_stride8_224', pretrained, kwargs, stride=8)
 
 
 @register_model
 def vim_mini(pretrained: bool = False, **kwargs) -> Vim:
     """An 89K-parameter Vim for 28x28 grey images (14x14 tokens + class token), trained here on Animal-MNIST."""
-    return _dense('mini', 'vim_mini', pretrained, kwargs)
+    return _family.dense('mini', 'vim_mini', pretrained, kwargs)
 
 
 @register_model
 def vim_tiny_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-Ti with ToP pruning after blocks 10 and 20 (keep 0.8); loads the dense official weights."""
-    return _pruned('tiny', 'vim_tiny_patch16_224_pruned', pretrained, kwargs)
+    return _family.pruned('tiny', 'vim_tiny_patch16_224_pruned', pretrained, kwargs)
 
 
 @register_model
 def vim_small_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-S with ToP pruning after blocks 5, 10, 15 (keep 0.8); loads the dense official weights."""
-    return _pruned('small', 'vim_small_patch16_224_pruned', pretrained, kwargs)
+    return _family.pruned('small', 'vim_small_patch16_224_pruned', pretrained, kwargs)
 
 
 @register_model
 def vim_base_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
     """Vim-B with ToP pruning after blocks 5, 10, 15 (keep 0.8); loads the dense official weights."""
-    return _pruned('base', 'vim_base_patch16_224_pruned', pretrained, kwargs)
+    return _family.pruned('base', 'vim_base_patch16_224_pruned', pretrained, kwargs)

@@ -60,27 +60,26 @@ class PruneConfig:
     def from_kwargs(cls, prune_layers: Optional[Sequence[int]] = None,
                     keep_rate: Union[None, float, Sequence[float]] = None,
                     importance: str = 'clip', alignment: str = 'aligned') -> 'PruneConfig':
-        """Build from model kwargs: ``prune_layers=(5, 10, 15), keep_rate=0.8`` (or one rate per stage)."""
-        if prune_layers is None or (not isinstance(prune_layers, int) and len(prune_layers) == 0):
-            if keep_rate is not None and not _is_dense_rate(keep_rate):
-                raise ValueError("keep_rate was given without prune_layers: say after which blocks to prune")
+        """Build from model kwargs: ``prune_layers=(5, 10, 15), keep_rate=0.8`` (or one rate per stage).
+
+        ``prune_layers=()`` (or ``[]``) means no pruning whatever ``keep_rate`` says (so it turns off a saved
+        configuration); ``prune_layers=None`` with a keep rate below 1 is an error (where to prune?)."""
+        prune_layers = _check_prune_layers(prune_layers)
+        keep_rate = _check_keep_rate(keep_rate)
+        if prune_layers is None or len(prune_layers) == 0:
+            if prune_layers is None and keep_rate is not None and not _is_dense_rate(keep_rate):
+                raise ValueError("keep_rate was given without prune_layers: say after which blocks to prune, "
+                                 "e.g. prune_layers=(5, 10, 15)")
             return cls((), importance, alignment)
-        if isinstance(prune_layers, int):
-            prune_layers = (prune_layers,)
-        prune_layers = tuple(prune_layers)
         if keep_rate is None:
-            raise ValueError("prune_layers was given without keep_rate")
-        if isinstance(keep_rate, (int, float)) and not isinstance(keep_rate, bool):
-            rates = (float(keep_rate),) * len(prune_layers)
+            raise ValueError("prune_layers was given without keep_rate (or flops_reduction)")
+        if isinstance(keep_rate, float):
+            rates = (keep_rate,) * len(prune_layers)
         else:
-            rates = tuple(keep_rate)
+            rates = keep_rate
             if len(rates) != len(prune_layers):
                 raise ValueError(f"keep_rate has {len(rates)} entries but prune_layers has {len(prune_layers)}")
-        return cls(tuple(PruneStage(int(b) if _is_int(b) else b, r) for b, r in zip(prune_layers, rates)),
-                   importance, alignment)
-
-    def with_keep_rate(self, keep_rate: Union[float, Sequence[float]]) -> 'PruneConfig':
-        return PruneConfig.from_kwargs(self.prune_layers, keep_rate, self.importance, self.alignment)
+        return cls(tuple(PruneStage(b, r) for b, r in zip(prune_layers, rates)), importance, alignment)
 
     # -------------------------------------------------------------------------------------------- query
     @property
@@ -137,10 +136,42 @@ class PruneConfig:
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) or (hasattr(x, '__index__') and not isinstance(x, bool))
+    return not isinstance(x, bool) and (isinstance(x, int) or hasattr(x, '__index__'))
+
+
+def _is_rate(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def _check_prune_layers(prune_layers) -> Optional[Tuple[int, ...]]:
+    """None, or a tuple of ints (an int alone is one stage); anything else is named in the error."""
+    if prune_layers is None:
+        return None
+    if _is_int(prune_layers):
+        return (int(prune_layers),)
+    if isinstance(prune_layers, (str, bytes)) or not isinstance(prune_layers, (tuple, list)):
+        raise ValueError(f"prune_layers must be a block count or a list of block counts, e.g. (5, 10, 15); got "
+                         f"{prune_layers!r} ({type(prune_layers).__name__})")
+    bad = [b for b in prune_layers if not _is_int(b)]
+    if bad:
+        raise ValueError(f"prune_layers entries must be integers (1-based block counts), got {bad[0]!r} "
+                         f"({type(bad[0]).__name__}) in {list(prune_layers)!r}")
+    return tuple(int(b) for b in prune_layers)
+
+
+def _check_keep_rate(keep_rate) -> Union[None, float, Tuple[float, ...]]:
+    """None, a float, or a tuple of floats; strings, booleans and other types are named in the error."""
+    if keep_rate is None:
+        return None
+    if _is_rate(keep_rate):
+        return float(keep_rate)
+    if isinstance(keep_rate, (tuple, list)) and all(_is_rate(r) for r in keep_rate):
+        return tuple(float(r) for r in keep_rate)
+    raise ValueError(f"keep_rate must be a number in (0, 1] or one number per stage, e.g. 0.8 or (0.8, 0.7); "
+                     f"got {keep_rate!r} ({type(keep_rate).__name__})")
 
 
 def _is_dense_rate(keep_rate) -> bool:
-    if isinstance(keep_rate, (int, float)):
-        return float(keep_rate) == 1.0
-    return all(float(r) == 1.0 for r in keep_rate)
+    if isinstance(keep_rate, float):
+        return keep_rate == 1.0
+    return all(r == 1.0 for r in keep_rate)

@@ -13,23 +13,23 @@ __all__ = ['trace_kept_tokens', 'kept_masks']
 @contextmanager
 def trace_kept_tokens(model: nn.Module):
     """Yields a list that a forward pass fills with, per pruning stage, the original grid index (B, k) of the kept
-    tokens (None for a stage that kept everything)."""
-    if not hasattr(model, '_prune'):
+    tokens (None for a stage that kept everything). Forward hooks on the model's reducer layers record them."""
+    from .reducer import TokenReducer
+    reducers = [m for m in model.modules() if isinstance(m, TokenReducer)]
+    if not hasattr(model, 'reducers'):
         raise TypeError(f"{type(model).__name__} is not a prunable model of this package")
     record: List[Optional[Tensor]] = []
-    original = model._prune
 
-    def recording(*args, **kwargs):
-        out = original(*args, **kwargs)
-        index = out[-1].index
+    def hook(module, args, reduction):
+        index = reduction.kept_grid_index
         record.append(None if index is None else index.detach().cpu())
-        return out
 
-    model._prune = recording
+    handles = [r.register_forward_hook(hook) for r in reducers]
     try:
         yield record
     finally:
-        del model._prune
+        for h in handles:
+            h.remove()
 
 
 def kept_masks(record: List[Optional[Tensor]], batch: int, num_tokens: int) -> Tensor:

@@ -84,7 +84,8 @@ def test_train_lowers_the_loss_and_writes_weights(folder, tmp_path):
     st = tmp_path / 'final.safetensors'
     rc = main(['train', *TINY_VIM, '--model-kwargs', 'embed_dim=16', 'depth=3', 'd_state=4', 'prune_layers=(1,)',
                'keep_rate=0.7', '--data-dir', str(folder), '-b', '8', '--epochs', '4', '--lr', '1e-2',
-               '--warmup-epochs', '0', '--no-aug', '--smoothing', '0', '--output', str(out), '--no-progress',
+               '--warmup-epochs', '0', '--no-aug', '--smoothing', '0', '--output', str(tmp_path),
+               '--experiment', 'run', '--no-progress',
                '--save-safetensors', str(st), '--model-ema', '--model-ema-decay', '0.5'])
     assert rc == 0
     hist = json.loads((out / 'history.json').read_text())

@@ -1,7 +1,8 @@
 """The ``timm-ssm-prune`` command line (also ``python -m timm_ssm_prune``).
 
-Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``; modules are
-imported only when their subcommand runs, so ``timm-ssm-prune --help`` stays fast.
+Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``; only the module of
+the subcommand being run is imported (``timm-ssm-prune --help`` itself is answered by ``timm_ssm_prune_cli``
+without importing torch). Global flags (``-v``) go before the subcommand and work for every subcommand.
 """
 from __future__ import annotations
 
@@ -11,61 +12,56 @@ import logging
 import sys
 from typing import List, Optional
 
-from .common import CliError
+from ._commands import HELP, SUBCOMMANDS, add_global_args, split_global, top_parser
+from .errors import CliError
 
-SUBCOMMANDS = {
-    'demo': 'demo',
-    'validate': 'validate',
-    'train': 'train',
-    'benchmark': 'benchmark',
-    'flops': 'flops',
-    'visualize': 'visualize',
-    'models': 'models',
-    'run-timm': 'run_timm',
-    'convert': 'convert',
-    'push': 'push',
-}
-
-HELP = {
-    'demo': 'the main job: dense vs ToP vs naive pruning on Animal-MNIST with the shipped weights',
-    'validate': 'top-1/top-5, loss and images/s on an ImageFolder split (JSON result)',
-    'train': 'train or fine-tune (optionally distilling from the dense teacher; runs under torchrun/DDP)',
-    'benchmark': 'dense vs pruned throughput, latency, peak memory and GFLOPs in one run',
-    'flops': 'per-stage token counts and GFLOPs of a model',
-    'visualize': 'PNG of images with the tokens kept at each pruning stage',
-    'models': 'list the models this package registers',
-    'run-timm': "run timm's own train.py / validate.py / benchmark.py with this package's models registered",
-    'convert': 'official checkpoint -> model.safetensors + config.json + model card (verified)',
-    'push': 'upload a converted model folder to the Hugging Face Hub',
-}
+__all__ = ['main', 'build_parser', 'CliError', 'SUBCOMMANDS']
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``command`` (default: every subcommand) are added from its module."""
     p = argparse.ArgumentParser(prog='timm-ssm-prune', description='Token pruning for vision SSMs in timm.')
-    p.add_argument('-v', '--verbose', action='store_true')
+    add_global_args(p)
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for name, module in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        load = command is None or name == command
+        sp = sub.add_parser(name, help=HELP[name], description=HELP[name], add_help=load)
         sp.set_defaults(_module=module)
+        if not load:
+            continue
         try:
             importlib.import_module(f'.{module}', __name__).add_arguments(sp)
-        except ModuleNotFoundError:  # subcommand not available in this build
-            sp.set_defaults(_missing=True)
+        except ModuleNotFoundError as e:  # subcommand not available in this build
+            if e.name and e.name.startswith(f'{__name__}.{module}'):
+                sp.set_defaults(_missing=True)
+            else:
+                raise
     return p
+
+
+def _one_line(text: str) -> str:
+    return ' '.join(str(text).split())
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == 'run-timm':  # pass everything after the script through untouched
+    flags, rest = split_global(argv)
+    if rest and rest[0] == 'run-timm':  # pass everything after the script through untouched
+        _setup_logging(flags.get('verbose', False))
         from . import run_timm
-        return run_timm.main(argv[1:])
-    parser = build_parser()
+        return run_timm.main(rest[1:])
+    if not rest or rest[0] in ('-h', '--help'):
+        top_parser().print_help()
+        return 0 if rest else 2
+    command = rest[0] if rest[0] in SUBCOMMANDS else None
+    parser = build_parser(command) if command else top_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format='%(levelname)s %(name)s: %(message)s')
-    if not args.command:
-        parser.print_help()
-        return 2
+    _setup_logging(args.verbose)
     if getattr(args, '_missing', False):
         print(f"timm-ssm-prune: the '{args.command}' subcommand is not available", file=sys.stderr)
         return 2
@@ -73,5 +69,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(module.run(args) or 0)
     except CliError as e:
-        print(f"timm-ssm-prune {args.command}: error: {e}", file=sys.stderr)
+        print(f"timm-ssm-prune {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

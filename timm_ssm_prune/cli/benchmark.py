@@ -5,7 +5,7 @@ import json
 import torch
 
 from ..benchmark import benchmark_pair, format_rows
-from .common import CliError, add_model_args, amp_dtype, create_model_from_args, model_kwargs_from_args
+from .common import CliError, add_model_args, add_seed_arg, amp_dtype, create_model_from_args, seed_forward
 
 
 def add_arguments(p):
@@ -17,6 +17,7 @@ def add_arguments(p):
     p.add_argument('--naive', action='store_true', help="also time the 'naive' (ViT-style) packing")
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     p.add_argument('--results-file', default='')
+    add_seed_arg(p)
 
 
 def run(args):
@@ -27,7 +28,7 @@ def run(args):
     dense = copy.deepcopy(pruned)
     dense.set_pruning()
     models = {'dense': dense, 'pruned': pruned}
-    kw = model_kwargs_from_args(args)
+    kw = dict(args._model_kwargs)  # the flags merged with what --checkpoint records
     # prune_layers=() means no pruning (timm drops None-valued kwargs, so None cannot say it)
     dense_kw = {k: v for k, v in kw.items() if k not in ('keep_rate', 'flops_reduction')}
     specs = {'dense': (args.model, dict(dense_kw, prune_layers=())), 'pruned': (args.model, kw)}
@@ -40,6 +41,7 @@ def run(args):
     # values, the token counts are fixed by the keep rates)
     img = pruned.img_size[0]
     rows = []
+    seed = seed_forward(args)
     sizes = list(args.batch_size) + ([1] if args.latency and 1 not in args.batch_size else [])
     for bs in sizes:
         rows += benchmark_pair(args.model, models, bs, img, args.repeats, args.warmup, args.device, amp_dtype(args),
@@ -52,5 +54,5 @@ def run(args):
         print('latency (batch 1, ms): ' + ', '.join(f"{k} {v:.1f}" for k, v in lat.items()))
     if args.results_file:
         with open(args.results_file, 'w') as f:
-            json.dump([r.to_dict() for r in rows], f, indent=1)
+            json.dump([dict(r.to_dict(), seed=seed) for r in rows], f, indent=1)
     return 0

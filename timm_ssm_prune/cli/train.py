@@ -6,29 +6,47 @@ fine-tuning uses no distillation; this is an option).
 
     timm-ssm-prune train --model plainmamba_l1_pruned --pretrained --data-dir DIR --epochs 30 --lr 1e-4
     torchrun --nproc_per_node 2 -m timm_ssm_prune train --model ... --data-dir DIR
+    timm-ssm-prune train ... --resume output/train/RUN/last.pth.tar      # continue where it stopped
+
+Output: each run writes to its own folder ``--output``/``--experiment`` (default experiment name:
+``<date>-<time>-<model>-<img size>``, timm's), never into an existing run: an existing folder gets a ``-1``,
+``-2``, ... suffix (timm's ``get_outdir(..., inc=True)``). ``--resume`` without ``--experiment`` continues in the
+resumed checkpoint's own run folder (summary.csv and history.json continue from the resumed epoch).
+
+Checkpoints (``last.pth.tar`` every epoch, ``model_best.pth.tar``) hold timm's keys (``epoch``, ``arch``,
+``state_dict``, ``optimizer``, ``version``, ``args``, ``state_dict_ema``, ``metric``) plus ``scheduler``,
+``num_updates``, ``best_metric``/``best_epoch``, the RNG states, ``model_kwargs`` (the model's full pruning
+configuration and the other kwargs given) and ``data_config`` (mean, std, input size, interpolation, crop_pct,
+num_classes): ``validate``/``benchmark``/``flops``/``visualize --checkpoint`` rebuild the same model from them.
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import csv
 import json
 import logging
 import math
 import os
+import random
 import time
 from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_dataset, create_loader
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import AverageMeter, CheckpointSaver, ModelEmaV3, NativeScaler, random_seed, update_summary
+from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, get_outdir, random_seed, update_summary
 from tqdm import tqdm
 
-from .common import (CliError, add_data_args, add_model_args, amp_dtype, create_eval_loader, create_model_from_args,
-                     data_config, resolve_data_dir)
+from .common import (SAFETENSORS_META_KEY, CliError, add_data_args, add_model_args, amp_dtype, create_eval_loader,
+                     create_model_from_args, data_config, data_config_record, load_weights, notice,
+                     recorded_model_kwargs, resolve_data_dir)
 from .validate import evaluate
 
 _logger = logging.getLogger('timm_ssm_prune.train')
@@ -36,8 +54,14 @@ _logger = logging.getLogger('timm_ssm_prune.train')
 
 def add_arguments(p):
     add_model_args(p)
-    add_data_args(p, split='train')
+    add_data_args(p, split='train', split_flags=('--train-split', '--split'))
     p.add_argument('--val-split', default='val')
+    p.add_argument('--initial-checkpoint', default='',
+                   help='initialise the model from this checkpoint (weights only; same as --checkpoint)')
+    p.add_argument('--resume', default='',
+                   help='resume a run from its checkpoint: model, optimizer, LR schedule, EMA, epoch, best metric')
+    p.add_argument('--no-resume-opt', action='store_true',
+                   help='with --resume: restore the model and epoch but not the optimizer / scheduler state')
     p.add_argument('--no-val', action='store_true', help='skip validation after each epoch')
     g = p.add_argument_group('optimisation')
     g.add_argument('--epochs', type=int, default=10)
@@ -76,7 +100,10 @@ def add_arguments(p):
     g.add_argument('--distill-weight', type=float, default=0.5, help='weight of the KL term (task: 1 - weight)')
     g.add_argument('--kd-temperature', type=float, default=1.0)
     g = p.add_argument_group('output')
-    g.add_argument('--output', default='output/train')
+    g.add_argument('--output', default='output/train', help='base folder; each run writes to OUTPUT/EXPERIMENT')
+    g.add_argument('--experiment', default='',
+                   help='name of the run folder (default: <date>-<time>-<model>-<img size>); an existing folder '
+                        'is never overwritten (a -1, -2, ... suffix is added)')
     g.add_argument('--seed', type=int, default=42)
     g.add_argument('--log-interval', type=int, default=50)
     g.add_argument('--save-safetensors', default='', help='also write the final weights (EMA if used) here')
@@ -103,17 +130,87 @@ def _kd_loss(student_logits, teacher_logits, temperature: float):
                     reduction='batchmean', log_target=True) * t * t
 
 
+def _safe_model_name(name: str) -> str:
+    name = name.split(':')[-1]
+    return ''.join(c if c.isalnum() else '_' for c in name).rstrip('_')
+
+
+def _run_dir(args, cfg, resume_path: str) -> Path:
+    """timm's run folder: OUTPUT/EXPERIMENT, never an existing one (``get_outdir(inc=True)``), except the folder
+    of the resumed checkpoint, which the resumed run continues."""
+    base = args.output or 'output/train'
+    resume_dir = Path(resume_path).resolve().parent if resume_path else None
+    is_run_dir = resume_dir is not None and any((resume_dir / f).is_file() for f in ('summary.csv', 'args.json'))
+    if args.experiment:
+        exp = args.experiment
+    elif is_run_dir:
+        return resume_dir
+    else:
+        exp = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), _safe_model_name(args.model),
+                        str(cfg['input_size'][-1])])
+    if is_run_dir and (Path(base) / exp).resolve() == resume_dir:
+        return resume_dir
+    return Path(get_outdir(base, exp, inc=True))
+
+
+def _rng_state():
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), python=random.getstate(),
+                numpy=(np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])))
+
+
+def _set_rng_state(state) -> None:
+    torch.set_rng_state(state['torch'])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state['python']))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _trim_summary(path: Path, start_epoch: int) -> None:
+    """Keep the header and the rows of epochs before ``start_epoch`` (a resumed run rewrites the later ones)."""
+    if not path.is_file():
+        return
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and r[0].strip().isdigit() and int(r[0]) < start_epoch]
+    with open(path, 'w', newline='') as f:
+        csv.writer(f).writerows(keep)
+
+
+def _clean_args(args) -> argparse.Namespace:
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith('_')})
+
+
+def _save_atomic(state, path: Path) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def run(args):
     args = _setup_distributed(args)
     is_main = args.rank == 0
     random_seed(args.seed, args.rank)
     dev = torch.device(args.device)
+    if args.initial_checkpoint:
+        if args.checkpoint and args.checkpoint != args.initial_checkpoint:
+            raise CliError("give either --initial-checkpoint or --checkpoint, not both")
+        args.checkpoint = args.initial_checkpoint
+    if args.resume and args.checkpoint:
+        raise CliError("--resume restores the weights itself: drop --checkpoint / --initial-checkpoint")
     extra = {}
     if args.drop_path is not None:
         extra['drop_path_rate'] = args.drop_path
     if args.drop:
         extra['drop_rate'] = args.drop
-    model = create_model_from_args(args, **extra)
+    # --resume: the model is rebuilt with the kwargs the checkpoint records (explicit flags still win)
+    model = create_model_from_args(args, checkpoint=args.resume or args.checkpoint, use_ema=False, **extra)
+    ckpt = args._checkpoint
+    resume = ckpt if args.resume else None
+    record_kwargs = recorded_model_kwargs(model, args._model_kwargs)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(dev)
@@ -157,6 +254,8 @@ def run(args):
         vargs = copy.copy(args)
         vargs.data_dir = root
         loader_val, _ = create_eval_loader(vargs, model, split=args.val_split)
+    data_record = data_config_record(cfg, model)
+    data_record.pop('source', None)
 
     try:
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
@@ -176,6 +275,10 @@ def run(args):
     scaler = NativeScaler() if dtype == torch.float16 and dev.type == 'cuda' else None
 
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    start_epoch, step, best_metric, best_epoch = 0, 0, None, None
+    if resume is not None:
+        start_epoch, step, best_metric, best_epoch = _resume(resume, model, optimizer, scheduler, model_ema, scaler,
+                                                             updates_per_epoch, args)
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == 'cuda' else None)
@@ -187,18 +290,37 @@ def run(args):
     else:
         criterion = torch.nn.CrossEntropyLoss()
 
-    out_dir = Path(args.output)
-    saver = None
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / 'args.json').write_text(json.dumps({k: v for k, v in vars(args).items()
-                                                       if not k.startswith('_')}, indent=2, default=str))
-        saver = CheckpointSaver(unwrapped, optimizer, args=args, model_ema=model_ema, amp_scaler=scaler,
-                                checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), decreasing=False,
-                                max_history=1)
+    out_dir = None
     history = []
-    step = 0
-    for epoch in range(num_epochs):
+    if is_main:
+        out_dir = _run_dir(args, cfg, args.resume)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"run folder: {out_dir}" + (f" (resuming at epoch {start_epoch})" if resume is not None else ''),
+              flush=True)
+        (out_dir / 'args.json').write_text(json.dumps(vars(_clean_args(args)), indent=2, default=str))
+        if resume is not None:
+            _trim_summary(out_dir / 'summary.csv', start_epoch)
+            if (out_dir / 'history.json').is_file():
+                history = [r for r in json.loads((out_dir / 'history.json').read_text())
+                           if r.get('epoch', 0) < start_epoch]
+
+    def checkpoint_state(epoch, metric):
+        state = OrderedDict(
+            epoch=epoch, arch=args.model, state_dict=unwrapped.state_dict(), optimizer=optimizer.state_dict(),
+            version=2, args=_clean_args(args), metric=metric, scheduler=scheduler.state_dict(),
+            num_updates=step, updates_per_epoch=updates_per_epoch, best_metric=best_metric, best_epoch=best_epoch,
+            model_kwargs=record_kwargs, data_config=data_record,
+            pruning=unwrapped.prune_cfg.describe() if hasattr(unwrapped, 'prune_cfg') else None,
+        )
+        if model_ema is not None:
+            state['state_dict_ema'] = model_ema.module.state_dict()
+        if scaler is not None:
+            state[scaler.state_dict_key] = scaler.state_dict()
+        if not args.distributed:
+            state['rng_state'] = _rng_state()
+        return state
+
+    for epoch in range(start_epoch, num_epochs):
         if args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
         model.train()
@@ -251,25 +373,81 @@ def run(args):
                 ema_metrics = _evaluate_all(model_ema.module, loader_val, dev, dtype, args)
                 row.update({f'ema_val_{k}': v for k, v in ema_metrics.items()})
         history.append(row)
+        metric = row.get('ema_val_top1', row.get('val_top1', -row['train_loss']))
+        improved = best_metric is None or metric > best_metric
+        if improved:
+            best_metric, best_epoch = metric, epoch
         if is_main:
             print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            summary = out_dir / 'summary.csv'
             update_summary(epoch, {'loss': row['train_loss']},
                            {k[4:]: v for k, v in row.items() if k.startswith('val_')} or {'top1': 0.0},
-                           str(out_dir / 'summary.csv'), lr=row['lr'], write_header=epoch == 0)
-            metric = row.get('ema_val_top1', row.get('val_top1', -row['train_loss']))
-            saver.save_checkpoint(epoch, metric=metric)
+                           str(summary), lr=row['lr'],
+                           write_header=not summary.is_file() or summary.stat().st_size == 0)
+            (out_dir / 'history.json').write_text(json.dumps(history, indent=1))
+            state = checkpoint_state(epoch, metric)
+            _save_atomic(state, out_dir / 'last.pth.tar')
+            if improved:
+                _save_atomic(state, out_dir / 'model_best.pth.tar')
     if is_main:
         final = model_ema.module if model_ema is not None else unwrapped
         (out_dir / 'history.json').write_text(json.dumps(history, indent=1))
+        if best_epoch is not None:
+            print(f"best metric {best_metric:.4f} (epoch {best_epoch}); checkpoints in {out_dir}", flush=True)
         if args.save_safetensors:
             from safetensors.torch import save_file
             Path(args.save_safetensors).parent.mkdir(parents=True, exist_ok=True)
+            meta = json.dumps(dict(arch=args.model, model_kwargs=record_kwargs, data_config=data_record))
             save_file({k: v.detach().contiguous().cpu() for k, v in final.state_dict().items()},
-                      args.save_safetensors)
+                      args.save_safetensors, metadata={'format': 'pt', SAFETENSORS_META_KEY: meta})
     if args.distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _resume(ck, model, optimizer, scheduler, model_ema, scaler, updates_per_epoch, args):
+    """Restore a run from ``ck`` (the model weights are already loaded); returns (start epoch, optimizer steps
+    done, best metric, best epoch)."""
+    obj = ck.obj
+    if 'epoch' not in obj:
+        raise CliError(f"cannot resume from {ck.path}: it holds no training state (no 'epoch'); use "
+                       f"--initial-checkpoint to start a new run from its weights")
+    epoch = int(obj['epoch'])
+    start_epoch = epoch + 1 if int(obj.get('version', 1)) > 1 else epoch  # timm: version 2 saves the finished one
+    step = int(obj.get('num_updates', start_epoch * updates_per_epoch))
+    saved_upe = obj.get('updates_per_epoch')
+    if saved_upe is not None and int(saved_upe) != updates_per_epoch:
+        notice(f"{ck.path} was saved with {saved_upe} updates per epoch, this run has {updates_per_epoch} "
+               f"(batch size or data changed): the LR schedule continues from update {step}")
+    if not args.no_resume_opt:
+        if 'optimizer' not in obj:
+            raise CliError(f"cannot resume from {ck.path}: it holds no optimizer state (pass --no-resume-opt "
+                           f"to restore only the weights and the epoch)")
+        try:
+            optimizer.load_state_dict(obj['optimizer'])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CliError(f"cannot resume from {ck.path}: its optimizer state does not fit this run's optimizer "
+                           f"(--opt {args.opt}): {e}") from e
+        if isinstance(obj.get('scheduler'), dict):
+            scheduler.load_state_dict(obj['scheduler'])
+        if scaler is not None and scaler.state_dict_key in obj:
+            scaler.load_state_dict(obj[scaler.state_dict_key])
+    scheduler.step(start_epoch)
+    scheduler.step_update(num_updates=step)
+    if model_ema is not None:
+        if isinstance(obj.get('state_dict_ema'), dict):
+            load_weights(model_ema.module, ck, use_ema=True)
+        else:
+            notice(f"{ck.path} holds no EMA weights: the EMA starts from the resumed model")
+    if isinstance(obj.get('rng_state'), dict) and not args.distributed:
+        try:
+            _set_rng_state(obj['rng_state'])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            notice(f"could not restore the RNG state of {ck.path} ({e}): data order differs from the first run")
+    best = obj.get('best_metric', obj.get('metric'))
+    best_epoch = obj.get('best_epoch', epoch if best is not None else None)
+    return start_epoch, step, best, best_epoch
 
 
 def _evaluate_all(model, loader, dev, dtype, args):

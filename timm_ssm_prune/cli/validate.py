@@ -6,13 +6,14 @@ import torch.nn.functional as F
 from timm.utils import AverageMeter, accuracy
 from tqdm import tqdm
 
-from .common import (add_data_args, add_model_args, amp_dtype, create_eval_loader, create_model_from_args,
-                     prepare_model, write_json)
+from .common import (add_data_args, add_model_args, add_seed_arg, amp_dtype, create_eval_loader,
+                     create_model_from_args, data_config_record, prepare_model, seed_forward, write_json)
 
 
 def add_arguments(p):
     add_model_args(p)
     add_data_args(p, split='val')
+    add_seed_arg(p)
     p.add_argument('--results-file', default='', help='write the JSON result here')
 
 
@@ -46,10 +47,13 @@ def run(args):
     model = create_model_from_args(args)
     model = prepare_model(model, args)
     loader, cfg = create_eval_loader(args, model)
+    seed = seed_forward(args)
     res = evaluate(model, loader, args.device, amp_dtype(args))
+    prune_cfg = getattr(model, 'prune_cfg', None)
     res = dict(model=args.model, checkpoint=args.checkpoint or None, split=args.split,
-               pruning=model.prune_cfg.describe() if hasattr(model, 'prune_cfg') else None,
-               input_size=list(cfg['input_size']), **{k: round(v, 4) if isinstance(v, float) else v
-                                                       for k, v in res.items()})
+               pruning=prune_cfg.describe() if prune_cfg is not None else None,
+               prune_kwargs=prune_cfg.to_kwargs() if prune_cfg is not None else None,
+               input_size=list(cfg['input_size']), data_config=data_config_record(cfg), seed=seed,
+               **{k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
     print(write_json(res, args.results_file or None))
     return 0

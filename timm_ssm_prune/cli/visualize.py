@@ -9,7 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..pruning import kept_masks, trace_kept_tokens
-from .common import CliError, add_data_args, add_model_args, create_eval_loader, create_model_from_args
+from .common import (CliError, add_data_args, add_model_args, add_seed_arg, create_eval_loader,
+                     create_model_from_args, seed_forward)
 
 
 def add_arguments(p):
@@ -18,6 +19,7 @@ def add_arguments(p):
     p.add_argument('--num-images', type=int, default=8)
     p.add_argument('--scale', type=int, default=0, help='pixels per image side in the picture (default: auto)')
     p.add_argument('--output', '-o', default='kept_tokens.png')
+    add_seed_arg(p)
 
 
 def _to_uint8(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -79,6 +81,7 @@ def run(args):
                        f"prune_layers=... keep_rate=...")
     loader, cfg = create_eval_loader(args, model, batch_size=args.num_images)
     images, _ = next(iter(loader))
+    seed_forward(args)
     out = render_kept_tokens(model, images[:args.num_images], cfg['mean'], cfg['std'], args.output, args.scale)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" (seed {args.seed})" if args.seed is not None else ''))
     return 0

@@ -200,7 +200,7 @@ def test_bad_input_names_the_argument(bad, match):
 def test_bad_backend():
     u, delta, A, B, C, *_ = make_inputs()
     with pytest.raises(ValueError, match='backend'):
-        selective_scan(u, delta, A, B, C, backend='triton')
+        selective_scan(u, delta, A, B, C, backend='nope')
 
 
 def test_cuda_backend_without_kernels_says_how_to_install(monkeypatch):

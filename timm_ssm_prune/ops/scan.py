@@ -43,7 +43,7 @@ CUDA_INSTALL_HINT = (
     "or use backend='torch' / backend='auto'."
 )
 
-_BACKENDS = ('auto', 'torch', 'cuda')
+_BACKENDS = ('auto', 'torch', 'cuda', 'triton')
 _CHUNK_BYTES = 4 << 20  # target size of one chunk's (T, B, E, N) work tensor
 
 
@@ -418,8 +418,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                    backend: str = 'auto') -> Tensor:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics (see the module docstring).
 
-    backend: 'auto' uses mamba-ssm's CUDA kernel for CUDA tensors when it imports and the pure-PyTorch
-    op otherwise; 'torch' always uses the PyTorch op (any device); 'cuda' requires the kernel.
+    backend: 'auto' on CUDA tensors uses mamba-ssm's CUDA kernel when it imports, else the Triton kernel
+    (``ops.triton_scan``) when Triton imports, else the PyTorch op; on other devices the PyTorch op.
+    'torch' always uses the PyTorch op (any device); 'cuda' requires mamba-ssm's kernel; 'triton' requires
+    Triton and CUDA tensors (or CPU tensors in a process started with TRITON_INTERPRET=1).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"selective_scan: backend must be one of {_BACKENDS}, got {backend!r}")
@@ -432,6 +434,13 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         if not u.is_cuda:
             raise ValueError(f"selective_scan: backend='cuda' needs CUDA tensors, got tensors on {u.device}")
     use_cuda = backend == 'cuda' or (backend == 'auto' and u.is_cuda and _mamba_selective_scan_fn() is not None)
+    if backend == 'auto' and u.is_cuda and not use_cuda:
+        from . import triton_scan
+        if triton_scan.triton_available(u.device):
+            backend = 'triton'
+    if backend == 'triton':
+        from .triton_scan import selective_scan_triton  # raises a clear error without Triton / on CPU
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if use_cuda:
         fn = _mamba_selective_scan_fn()
         return fn(u, delta, A.float(), B, C, None if D is None else D.float(), z,

@@ -1,0 +1,694 @@
+"""Selective scan in Triton: no build step, and a variant that reads the tokens through a position map.
+
+Two entry points, both with a Triton forward and a Triton backward (recompute from checkpoints, reverse adjoint
+recurrence; no autograd graph over the steps):
+
+* :func:`selective_scan_triton` — the semantics of :func:`timm_ssm_prune.ops.selective_scan` (reached from it
+  as ``backend='triton'``): u, delta, z (B, E, L); A (E, N); B, C (B, N, L) or grouped (B, G, N, L); D,
+  delta_bias (E,); Δ = softplus(delta + delta_bias); float32 state for fp32/bf16/fp16 inputs, float64 for
+  float64 inputs; output in u's dtype.
+* :func:`selective_scan_gathered` — S scan directions over one sequence, each visiting the L positions in
+  its own order (the position map), reading its inputs through that map and adding its output back at the
+  positions it visited; the directions' sum is gated by silu(z). See its docstring.
+
+Kernel layout: one program per (batch row, block of ``BLOCK_E`` channels) holds the (BLOCK_E, N) state in
+registers and walks the steps (and, for the gathered variant, the directions one after the other, so the
+directions' outputs are summed in a fixed order without atomics). The forward stores the state entering each
+chunk of ``chunk`` steps; the backward replays each chunk from it (newest chunk first) into a per-program
+scratch buffer, then runs λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1} backwards. Gradients of B and C (shared by
+the channels of a group, so by several programs) are accumulated with atomic adds; those of A, D and
+delta_bias are written per batch row and summed afterwards.
+
+On CPU tensors the kernels run under Triton's interpreter, which must be switched on before ``triton`` is
+first imported (``TRITON_INTERPRET=1`` in the environment of the process); this is what the tests do.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ['selective_scan_triton', 'selective_scan_gathered', 'selective_scan_gathered_ref',
+           'triton_available', 'TRITON_INSTALL_HINT', 'TRITON_CPU_HINT']
+
+TRITON_INSTALL_HINT = (
+    "Triton is not available: it ships with the CUDA builds of PyTorch (or `pip install triton`); "
+    "use backend='torch' otherwise.")
+TRITON_CPU_HINT = (
+    "backend='triton' needs CUDA tensors, got tensors on {device}. To run the Triton kernels on CPU tensors "
+    "(slowly, for testing) start the process with TRITON_INTERPRET=1 in its environment (it must be set before "
+    "triton is first imported); otherwise use backend='torch' (or 'auto').")
+
+try:  # never fatal: the package works without Triton
+    import triton
+    import triton.language as tl
+    _IMPORT_ERROR: Optional[BaseException] = None
+except Exception as exc:  # ImportError, or a broken install
+    triton = tl = None
+    _IMPORT_ERROR = exc
+
+
+def _interpreting() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+
+
+# Whether triton was imported in interpreter mode (only then can it run on CPU tensors).
+_INTERPRETED_AT_IMPORT = triton is not None and _interpreting()
+
+
+def triton_available(device: Optional[torch.device] = None) -> bool:
+    """True when the kernels can run on ``device``: CUDA with a GPU Triton supports (compute capability 7.5+),
+    or CPU under Triton's interpreter (TRITON_INTERPRET=1 set before triton was imported)."""
+    if triton is None:
+        return False
+    device = torch.device('cuda' if device is None else device)
+    if device.type == 'cuda':
+        return torch.cuda.is_available() and (
+            _INTERPRETED_AT_IMPORT or torch.cuda.get_device_capability(device) >= (7, 5))
+    return device.type == 'cpu' and _INTERPRETED_AT_IMPORT and _interpreting()
+
+
+def _require(device: torch.device) -> None:
+    if triton is None:
+        raise RuntimeError(f"{TRITON_INSTALL_HINT} (import failed: {_IMPORT_ERROR!r})")
+    if device.type == 'cuda':
+        if not triton_available(device):
+            raise RuntimeError(f"backend='triton': Triton does not support the GPU {device} "
+                               f"(compute capability {torch.cuda.get_device_capability(device)}); "
+                               "use backend='torch'")
+        return
+    if not triton_available(device):
+        raise ValueError(TRITON_CPU_HINT.format(device=device))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _softplus(x):
+        # log1p(exp(x)) for x <= 20 (torch's threshold), x above; log1p by Kahan's trick (no libdevice needed)
+        ex = tl.exp(tl.minimum(x, 20.0))
+        w = 1.0 + ex
+        lp = tl.where(w == 1.0, ex, tl.log(w) * (ex / tl.where(w == 1.0, 1.0, w - 1.0)))
+        return tl.where(x > 20.0, x, lp)
+
+    @triton.jit
+    def _sigmoid(x):
+        return 1.0 / (1.0 + tl.exp(-x))
+
+    @triton.jit
+    def _scan_fwd_kernel(
+            u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ord_ptr, bs_ptr,
+            out_ptr, acc_ptr, st_ptr,
+            su_s, su_b, su_e, su_l,
+            sd_s, sd_b, sd_e, sd_l,
+            sa_s, sa_e, sa_n,
+            sB_s, sB_b, sB_g, sB_n, sB_l,
+            sC_s, sC_b, sC_g, sC_n, sC_l,
+            sD_s, sbias_s,
+            sz_b, sz_e, sz_l,
+            so_s, so_b, so_l,
+            sbs_s, sbs_b, sbs_n, sbs_l,
+            S, L, E, N, EG, CHUNK, NC,
+            FDT: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr, DT_GATHER: tl.constexpr, B_GATHER: tl.constexpr,
+            C_GATHER: tl.constexpr, HAS_BSTEP: tl.constexpr, ACC: tl.constexpr,
+            BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        pe = tl.program_id(1)
+        e = pe * BLOCK_E + tl.arange(0, BLOCK_E)
+        n = tl.arange(0, BLOCK_N)
+        em = e < E
+        nm = n < N
+        m2 = em[:, None] & nm[None, :]
+        g = (pe * BLOCK_E) // EG  # BLOCK_E divides EG (or there is one group): one group per program
+        row = b * E * L + e.to(tl.int64) * L  # (B, E, L) contiguous outputs
+        for s in range(S):
+            A = tl.load(A_ptr + s * sa_s + e[:, None] * sa_e + n[None, :] * sa_n, mask=m2, other=0.0).to(FDT)
+            if HAS_D:
+                Dv = tl.load(D_ptr + s * sD_s + e, mask=em, other=0.0).to(FDT)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + s * sbias_s + e, mask=em, other=0.0).to(FDT)
+            u_base = u_ptr + s * su_s + b * su_b + e * su_e
+            d_base = dt_ptr + s * sd_s + b * sd_b + e * sd_e
+            B_base = B_ptr + s * sB_s + b * sB_b + g * sB_g + n * sB_n
+            C_base = C_ptr + s * sC_s + b * sC_b + g * sC_g + n * sC_n
+            h = tl.zeros((BLOCK_E, BLOCK_N), dtype=FDT)
+            for c in range(NC):
+                st = st_ptr + (((s * tl.num_programs(0) + b) * NC + c) * E + e[:, None]) * N + n[None, :]
+                tl.store(st, h, mask=m2)
+                t0 = c * CHUNK
+                t1 = tl.minimum(t0 + CHUNK, L)
+                for t in range(t0, t1):
+                    if HAS_ORDER:
+                        p = tl.load(ord_ptr + s * so_s + b * so_b + t * so_l)
+                    else:
+                        p = t
+                    td = p if DT_GATHER else t
+                    tb = p if B_GATHER else t
+                    tc = p if C_GATHER else t
+                    uv = tl.load(u_base + p * su_l, mask=em, other=0.0).to(FDT)
+                    dt = tl.load(d_base + td * sd_l, mask=em, other=0.0).to(FDT)
+                    if HAS_BIAS:
+                        dt = dt + bias
+                    if SOFTPLUS:
+                        dt = _softplus(dt)
+                    Bv = tl.load(B_base + tb * sB_l, mask=nm, other=0.0).to(FDT)
+                    if HAS_BSTEP:
+                        Bv += tl.load(bs_ptr + s * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
+                                      mask=nm, other=0.0).to(FDT)
+                    Cv = tl.load(C_base + tc * sC_l, mask=nm, other=0.0).to(FDT)
+                    h = tl.exp(dt[:, None] * A) * h + (dt * uv)[:, None] * Bv[None, :]
+                    y = tl.sum(h * Cv[None, :], axis=1)
+                    if HAS_D:
+                        y += Dv * uv
+                    last = s == S - 1
+                    if ACC:  # directions summed in a fixed order through an fp32/fp64 buffer
+                        y += tl.load(acc_ptr + row + p, mask=em & (s > 0), other=0.0)
+                        tl.store(acc_ptr + row + p, y, mask=em & (s < S - 1))
+                    if HAS_Z:
+                        zv = tl.load(z_ptr + b * sz_b + e * sz_e + p * sz_l, mask=em & last, other=0.0).to(FDT)
+                        y = y * zv * _sigmoid(zv)
+                    tl.store(out_ptr + row + p, y.to(out_ptr.dtype.element_ty), mask=em & last)
+            tl.debug_barrier()  # the next direction reads what this one accumulated
+
+    @triton.jit
+    def _scan_bwd_kernel(
+            u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ord_ptr, bs_ptr,
+            gout_ptr, st_ptr, scr_ptr,
+            gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gbs_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr,
+            su_s, su_b, su_e, su_l,
+            sd_s, sd_b, sd_e, sd_l,
+            sa_s, sa_e, sa_n,
+            sB_s, sB_b, sB_g, sB_n, sB_l,
+            sC_s, sC_b, sC_g, sC_n, sC_l,
+            sD_s, sbias_s,
+            sz_b, sz_e, sz_l,
+            so_s, so_b, so_l,
+            sbs_s, sbs_b, sbs_n, sbs_l,
+            gu_s, gd_s, gB_s, gB_b, gB_g, gC_s, gC_b, gC_g,
+            S, L, E, N, EG, CHUNK, NC,
+            FDT: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr, DT_GATHER: tl.constexpr, B_GATHER: tl.constexpr,
+            C_GATHER: tl.constexpr, HAS_BSTEP: tl.constexpr, U_RMW: tl.constexpr, D_RMW: tl.constexpr,
+            BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        pe = tl.program_id(1)
+        nb = tl.num_programs(0)
+        e = pe * BLOCK_E + tl.arange(0, BLOCK_E)
+        n = tl.arange(0, BLOCK_N)
+        em = e < E
+        nm = n < N
+        m2 = em[:, None] & nm[None, :]
+        g = (pe * BLOCK_E) // EG
+        row = b * E * L + e.to(tl.int64) * L
+        # this program's scratch: CHUNK states (BLOCK_E, BLOCK_N)
+        scr = scr_ptr + ((b * tl.num_programs(1) + pe) * CHUNK * BLOCK_E + tl.arange(0, BLOCK_E)[:, None]) \
+            * BLOCK_N + n[None, :]
+        for s in range(S):
+            A = tl.load(A_ptr + s * sa_s + e[:, None] * sa_e + n[None, :] * sa_n, mask=m2, other=0.0).to(FDT)
+            if HAS_D:
+                Dv = tl.load(D_ptr + s * sD_s + e, mask=em, other=0.0).to(FDT)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + s * sbias_s + e, mask=em, other=0.0).to(FDT)
+            u_base = u_ptr + s * su_s + b * su_b + e * su_e
+            d_base = dt_ptr + s * sd_s + b * sd_b + e * sd_e
+            B_base = B_ptr + s * sB_s + b * sB_b + g * sB_g + n * sB_n
+            C_base = C_ptr + s * sC_s + b * sC_b + g * sC_g + n * sC_n
+            gu_base = gu_ptr + s * gu_s + row
+            gd_base = gdt_ptr + s * gd_s + row
+            gB_base = gB_ptr + s * gB_s + b * gB_b + g * gB_g + n * L
+            gC_base = gC_ptr + s * gC_s + b * gC_b + g * gC_g + n * L
+            gA_acc = tl.zeros((BLOCK_E, BLOCK_N), dtype=FDT)
+            gD_acc = tl.zeros((BLOCK_E,), dtype=FDT)
+            gb_acc = tl.zeros((BLOCK_E,), dtype=FDT)
+            carry = tl.zeros((BLOCK_E, BLOCK_N), dtype=FDT)  # exp(Δ_{t+1} A) λ_{t+1}
+            last = s == S - 1
+            for ci in range(NC):
+                c = NC - 1 - ci
+                t0 = c * CHUNK
+                t1 = tl.minimum(t0 + CHUNK, L)
+                # replay the chunk from its stored entry state; scratch[i] = state before step t0 + i
+                h = tl.load(st_ptr + (((s * nb + b) * NC + c) * E + e[:, None]) * N + n[None, :], mask=m2,
+                            other=0.0).to(FDT)
+                for t in range(t0, t1):
+                    tl.store(scr + (t - t0) * BLOCK_E * BLOCK_N, h)
+                    if HAS_ORDER:
+                        p = tl.load(ord_ptr + s * so_s + b * so_b + t * so_l)
+                    else:
+                        p = t
+                    td = p if DT_GATHER else t
+                    tb = p if B_GATHER else t
+                    uv = tl.load(u_base + p * su_l, mask=em, other=0.0).to(FDT)
+                    dt = tl.load(d_base + td * sd_l, mask=em, other=0.0).to(FDT)
+                    if HAS_BIAS:
+                        dt = dt + bias
+                    if SOFTPLUS:
+                        dt = _softplus(dt)
+                    Bv = tl.load(B_base + tb * sB_l, mask=nm, other=0.0).to(FDT)
+                    if HAS_BSTEP:
+                        Bv += tl.load(bs_ptr + s * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
+                                      mask=nm, other=0.0).to(FDT)
+                    h = tl.exp(dt[:, None] * A) * h + (dt * uv)[:, None] * Bv[None, :]
+                tl.debug_barrier()
+                for i in range(t1 - t0):
+                    t = t1 - 1 - i
+                    hprev = tl.load(scr + (t - t0) * BLOCK_E * BLOCK_N)
+                    if HAS_ORDER:
+                        p = tl.load(ord_ptr + s * so_s + b * so_b + t * so_l)
+                    else:
+                        p = t
+                    td = p if DT_GATHER else t
+                    tb = p if B_GATHER else t
+                    tc = p if C_GATHER else t
+                    uv = tl.load(u_base + p * su_l, mask=em, other=0.0).to(FDT)
+                    dt_raw = tl.load(d_base + td * sd_l, mask=em, other=0.0).to(FDT)
+                    if HAS_BIAS:
+                        dt_raw = dt_raw + bias
+                    if SOFTPLUS:
+                        dt = _softplus(dt_raw)
+                    else:
+                        dt = dt_raw
+                    Bv = tl.load(B_base + tb * sB_l, mask=nm, other=0.0).to(FDT)
+                    if HAS_BSTEP:
+                        Bv += tl.load(bs_ptr + s * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
+                                      mask=nm, other=0.0).to(FDT)
+                    Cv = tl.load(C_base + tc * sC_l, mask=nm, other=0.0).to(FDT)
+                    dA = tl.exp(dt[:, None] * A)
+                    dtu = dt * uv
+                    h = dA * hprev + dtu[:, None] * Bv[None, :]
+                    go = tl.load(gout_ptr + row + p, mask=em, other=0.0).to(FDT)
+                    if HAS_Z:
+                        zv = tl.load(z_ptr + b * sz_b + e * sz_e + p * sz_l, mask=em, other=0.0).to(FDT)
+                        sz = _sigmoid(zv)
+                        gy = go * zv * sz
+                        ys = tl.sum(h * Cv[None, :], axis=1)
+                        if HAS_D:
+                            ys += Dv * uv
+                        # Σ_s y_s accumulates in the gz buffer; the last direction turns it into gz
+                        ys += tl.load(gz_ptr + row + p, mask=em & (s > 0), other=0.0)
+                        gzv = tl.where(last, go * ys * sz * (1.0 + zv * (1.0 - sz)), ys)
+                        tl.store(gz_ptr + row + p, gzv, mask=em)
+                    else:
+                        gy = go
+                    gy = tl.where(em, gy, 0.0)
+                    lam = gy[:, None] * Cv[None, :] + carry
+                    lamB = tl.sum(lam * Bv[None, :], axis=1)
+                    P = lam * dA * hprev
+                    gdt = tl.sum(P * A, axis=1) + uv * lamB
+                    gu = dt * lamB
+                    if HAS_D:
+                        gu += Dv * gy
+                        gD_acc += gy * uv
+                    gA_acc += dt[:, None] * P
+                    if SOFTPLUS:
+                        gdt = gdt * _sigmoid(dt_raw)
+                    gdt = tl.where(em, gdt, 0.0)
+                    if HAS_BIAS:
+                        gb_acc += gdt
+                    carry = dA * lam
+                    if U_RMW:
+                        gu += tl.load(gu_base + p, mask=em & (s > 0), other=0.0)
+                    tl.store(gu_base + p, gu, mask=em)
+                    if D_RMW:
+                        gdt += tl.load(gd_base + td, mask=em & (s > 0), other=0.0)
+                    tl.store(gd_base + td, gdt, mask=em)
+                    gBv = tl.sum(dtu[:, None] * lam, axis=0)
+                    gCv = tl.sum(gy[:, None] * h, axis=0)
+                    tl.atomic_add(gB_base + tb, gBv, mask=nm)
+                    tl.atomic_add(gC_base + tc, gCv, mask=nm)
+                    if HAS_BSTEP:
+                        tl.atomic_add(gbs_ptr + ((s * nb + b) * N + n) * L + t, gBv, mask=nm)
+                tl.debug_barrier()  # before the scratch is overwritten by the previous chunk
+            # per (batch row, direction) partial sums of the parameter gradients
+            tl.store(gA_ptr + ((b * S + s) * E + e[:, None]) * N + n[None, :], gA_acc, mask=m2)
+            if HAS_D:
+                tl.store(gD_ptr + (b * S + s) * E + e, gD_acc, mask=em)
+            if HAS_BIAS:
+                tl.store(gbias_ptr + (b * S + s) * E + e, gb_acc, mask=em)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch
+# ------------------------------------------------------------------------------------------------
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _block_e(bsz: int, dim: int, eg: int, groups: int, block_n: int, device: torch.device) -> int:
+    cap = max(1, 1024 // block_n)
+    if groups == 1:
+        be = min(cap, _next_pow2(dim))
+    else:  # a program's channels must share one group: the largest power of two dividing EG
+        be = min(cap, eg & -eg)
+    if device.type == 'cuda':  # enough programs to fill the GPU: at least ~4 per SM
+        target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        while be > 8 and bsz * math.ceil(dim / be) < target:
+            be //= 2
+    return be
+
+
+def _num_warps(block_e: int, block_n: int) -> int:
+    return max(1, min(8, block_e * block_n // 256))
+
+
+def _fdt(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _strides(t: Optional[Tensor], k: int):
+    return (0,) * k if t is None else tuple(t.stride())
+
+
+class _Problem:
+    """Canonical views of one call: u/delta (Su, B, E, L), A (Sa, E, N), B/C (Sb, B, G, N, L), D/bias (Sx, E)."""
+
+    def __init__(self, u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk):
+        self.S = 1 if order is None else order.shape[0]
+        self.u, self.delta, self.A, self.B, self.C = u, delta, A, B, C
+        self.D, self.z, self.bias, self.order, self.bstep = D, z, bias, order, bstep
+        self.softplus = bool(softplus)
+        self.dt_gather = 'delta' not in step_order
+        self.B_gather = 'B' not in step_order
+        self.C_gather = 'C' not in step_order
+        _, self.bsz, self.dim, self.length = u.shape
+        self.groups, self.dstate = B.shape[2], A.shape[2]
+        self.eg = self.dim // self.groups
+        self.f = torch.float64 if (u.dtype == torch.float64 or A.dtype == torch.float64) else torch.float32
+        self.block_n = _next_pow2(self.dstate)
+        self.block_e = _block_e(self.bsz, self.dim, self.eg, self.groups, self.block_n, u.device)
+        if chunk is None:
+            chunk = max(4, math.ceil(math.sqrt(self.S * self.length)))
+        self.chunk = max(1, min(int(chunk), self.length))
+        self.nc = math.ceil(self.length / self.chunk)
+        self.grid = (self.bsz, math.ceil(self.dim / self.block_e))
+
+    def _sstride(self, t: Optional[Tensor]) -> int:
+        return 0 if t is None or t.shape[0] == 1 else t.stride(0)
+
+    def common_args(self):
+        u, d, A, B, C, D, z, bias, o, bs = (self.u, self.delta, self.A, self.B, self.C, self.D, self.z, self.bias,
+                                            self.order, self.bstep)
+        args = []
+        args += [self._sstride(u), *u.stride()[1:]]
+        args += [self._sstride(d), *d.stride()[1:]]
+        args += [self._sstride(A), *A.stride()[1:]]
+        args += [self._sstride(B), B.stride(1), B.stride(2), B.stride(3), B.stride(4)]
+        args += [self._sstride(C), C.stride(1), C.stride(2), C.stride(3), C.stride(4)]
+        args += [self._sstride(D), self._sstride(bias)]
+        args += list(_strides(z, 3))
+        args += list(_strides(o, 3))
+        args += list(_strides(bs, 4))
+        return args
+
+    def sizes(self):
+        return [self.S, self.length, self.dim, self.dstate, self.eg, self.chunk, self.nc]
+
+    def flags(self):
+        return dict(FDT=_fdt(self.f), HAS_D=self.D is not None, HAS_Z=self.z is not None,
+                    HAS_BIAS=self.bias is not None, SOFTPLUS=self.softplus, HAS_ORDER=self.order is not None,
+                    DT_GATHER=self.dt_gather, B_GATHER=self.B_gather, C_GATHER=self.C_gather,
+                    HAS_BSTEP=self.bstep is not None, BLOCK_E=self.block_e, BLOCK_N=self.block_n)
+
+    def ptrs(self):
+        dummy = self.u
+        return [self.u, self.delta, self.A, self.B, self.C,
+                dummy if self.D is None else self.D, dummy if self.z is None else self.z,
+                dummy if self.bias is None else self.bias, dummy if self.order is None else self.order,
+                dummy if self.bstep is None else self.bstep]
+
+    def forward(self):
+        out = torch.empty((self.bsz, self.dim, self.length), dtype=self.u.dtype, device=self.u.device)
+        acc = (torch.empty((self.bsz, self.dim, self.length), dtype=self.f, device=self.u.device)
+               if self.S > 1 else out)
+        states = torch.empty((self.S, self.bsz, self.nc, self.dim, self.dstate), dtype=self.f, device=self.u.device)
+        _scan_fwd_kernel[self.grid](
+            *self.ptrs(), out, acc, states, *self.common_args(), *self.sizes(), **self.flags(),
+            ACC=self.S > 1, num_warps=_num_warps(self.block_e, self.block_n))
+        return out, states
+
+    def backward(self, gout, states):
+        dev, f = self.u.device, self.f
+        bsz, dim, length, S = self.bsz, self.dim, self.length, self.S
+        gu = torch.empty((self.u.shape[0], bsz, dim, length), dtype=f, device=dev)
+        gdt = torch.empty((self.delta.shape[0], bsz, dim, length), dtype=f, device=dev)
+        gB = torch.zeros(self.B.shape, dtype=f, device=dev)
+        gC = torch.zeros(self.C.shape, dtype=f, device=dev)
+        gbs = torch.zeros((S, bsz, self.dstate, length), dtype=f, device=dev) if self.bstep is not None else gu
+        gz = torch.empty((bsz, dim, length), dtype=f, device=dev) if self.z is not None else gu
+        gA = torch.empty((bsz, S, dim, self.dstate), dtype=f, device=dev)
+        gD = torch.empty((bsz, S, dim), dtype=f, device=dev) if self.D is not None else gA
+        gbias = torch.empty((bsz, S, dim), dtype=f, device=dev) if self.bias is not None else gA
+        scratch = torch.empty((self.grid[0] * self.grid[1] * self.chunk * self.block_e * self.block_n,),
+                              dtype=f, device=dev)
+        _scan_bwd_kernel[self.grid](
+            *self.ptrs(), gout, states, scratch, gu, gdt, gB, gC, gbs, gz, gA, gD, gbias,
+            *self.common_args(),
+            gu.stride(0) if gu.shape[0] > 1 else 0, gdt.stride(0) if gdt.shape[0] > 1 else 0,
+            gB.stride(0) if gB.shape[0] > 1 else 0, gB.stride(1), gB.stride(2),
+            gC.stride(0) if gC.shape[0] > 1 else 0, gC.stride(1), gC.stride(2),
+            *self.sizes(), **self.flags(),
+            U_RMW=S > 1 and gu.shape[0] == 1, D_RMW=S > 1 and gdt.shape[0] == 1,
+            num_warps=_num_warps(self.block_e, self.block_n))
+        gA = gA.sum(0)  # (S, E, N)
+        gD = gD.sum(0) if self.D is not None else None
+        gbias = gbias.sum(0) if self.bias is not None else None
+        if self.A.shape[0] == 1:
+            gA = gA.sum(0, keepdim=True)
+        if self.D is not None and self.D.shape[0] == 1:
+            gD = gD.sum(0, keepdim=True)
+        if self.bias is not None and self.bias.shape[0] == 1:
+            gbias = gbias.sum(0, keepdim=True)
+        return (gu, gdt, gA, gB, gC, gD, gz if self.z is not None else None, gbias,
+                gbs if self.bstep is not None else None)
+
+
+class _TritonScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk):
+        prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk)
+        out, states = prob.forward()
+        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, order, bstep, states)
+        ctx.cfg = (softplus, step_order, prob.chunk)
+        ctx.mark_non_differentiable(states)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        u, delta, A, B, C, D, z, bias, order, bstep, states = ctx.saved_tensors
+        softplus, step_order, chunk = ctx.cfg
+        prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk)
+        grads = prob.backward(gout.contiguous(), states)
+        inputs = (u, delta, A, B, C, D, z, bias)
+        out = []
+        for gr, t in zip(grads[:8], inputs):
+            out.append(None if gr is None or t is None else gr.to(t.dtype))
+        gbs = grads[8]
+        out += [None, None if gbs is None else gbs.to(bstep.dtype), None, None, None]
+        return tuple(out)
+
+
+def _run(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk):
+    """All tensors in canonical form (see _Problem). Returns (B, E, L) in u's dtype."""
+    return _TritonScanFn.apply(u, delta, A, B, C, D, z, bias, order, bstep, bool(softplus),
+                               tuple(step_order), chunk)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------------
+
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                          z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                          delta_softplus: bool = False, chunk: Optional[int] = None) -> Tensor:
+    """:func:`timm_ssm_prune.ops.selective_scan` in Triton (forward and backward). ``chunk``: steps between
+    the states the forward stores for the backward (default ~sqrt(L))."""
+    from .scan import _check_args
+    _check_args(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type == 'meta':  # shapes and FLOPs only: the registered op's fake implementation
+        from .scan import _chunk_len
+        return torch.ops.timm_ssm_prune.selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                       _chunk_len(u, A))[0]
+    _require(u.device)
+    if u.shape[2] == 0:
+        return u.new_empty(u.shape)
+    Bc = (B if B.dim() == 4 else B.unsqueeze(1)).unsqueeze(0)
+    Cc = (C if C.dim() == 4 else C.unsqueeze(1)).unsqueeze(0)
+    y = _run(u.unsqueeze(0), delta.unsqueeze(0), A.unsqueeze(0), Bc, Cc,
+             None if D is None else D.contiguous().unsqueeze(0), z,
+             None if delta_bias is None else delta_bias.contiguous().unsqueeze(0),
+             None, None, delta_softplus, (), chunk)
+    return y
+
+
+_STEP_NAMES = ('delta', 'B', 'C')
+
+
+def _canon_gathered(u, delta, A, B, C, order, D, z, delta_bias, B_step, step_order):
+    """Check the gathered variant's arguments; return canonical views (see _Problem) and S."""
+    if not isinstance(order, Tensor) or order.dim() != 3 or order.dtype not in (torch.int64, torch.int32):
+        raise ValueError("selective_scan_gathered: `order` must be an int64/int32 tensor (S, batch, length), got "
+                         f"{getattr(order, 'shape', type(order))}")
+    S, bsz, length = order.shape
+    bad = [n for n in step_order if n not in _STEP_NAMES]
+    if bad:
+        raise ValueError(f"selective_scan_gathered: `step_order` names {bad}; allowed: {_STEP_NAMES}")
+
+    def per_dir(name, t, base_dim):
+        if t is None:
+            return None
+        if not isinstance(t, Tensor):
+            raise ValueError(f"selective_scan_gathered: `{name}` must be a tensor, got {type(t).__name__}")
+        if t.dim() == base_dim:
+            return t.unsqueeze(0)
+        if t.dim() == base_dim + 1 and t.shape[0] == S:
+            return t
+        raise ValueError(f"selective_scan_gathered: `{name}` must have {base_dim} dims (shared by the {S} "
+                         f"directions) or {base_dim + 1} with a leading S={S}, got shape {tuple(t.shape)}")
+
+    u4, d4 = per_dir('u', u, 3), per_dir('delta', delta, 3)
+    A3 = per_dir('A', A, 2)
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    B5, C5 = per_dir('B', B, 4), per_dir('C', C, 4)
+    D2, b2 = per_dir('D', D, 1), per_dir('delta_bias', delta_bias, 1)
+    dim, dstate = u4.shape[2], A3.shape[2]
+    if u4.shape[1:] != (bsz, dim, length):
+        raise ValueError(f"selective_scan_gathered: `u` must be ([S,] batch={bsz}, dim, length={length}) like "
+                         f"`order`, got shape {tuple(u.shape)}")
+    if d4.shape[1:] != u4.shape[1:] or d4.dtype != u4.dtype:
+        raise ValueError(f"selective_scan_gathered: `delta` {tuple(delta.shape)} {delta.dtype} must match u's "
+                         f"{tuple(u.shape)} {u.dtype}")
+    if A3.shape[1] != dim or A3.dtype not in (torch.float32, torch.float64) or dstate > 256:
+        raise ValueError(f"selective_scan_gathered: `A` must be ([S,] dim={dim}, d_state<=256) float32/float64, "
+                         f"got {tuple(A.shape)} {A.dtype}")
+    for name, t in (('B', B5), ('C', C5)):
+        g = t.shape[2]
+        if t.shape[1] != bsz or t.shape[3:] != (dstate, length) or dim % g or not t.is_floating_point():
+            raise ValueError(f"selective_scan_gathered: `{name}` must be ([S,] batch={bsz}, [groups,] "
+                             f"d_state={dstate}, length={length}), got {tuple(t.shape)}")
+    if B5.shape[2] != C5.shape[2]:
+        raise ValueError("selective_scan_gathered: `B` and `C` have different group counts")
+    for name, t in (('D', D2), ('delta_bias', b2)):
+        if t is not None and (t.shape[1:] != (dim,) or t.dtype not in (torch.float32, torch.float64)):
+            raise ValueError(f"selective_scan_gathered: `{name}` must be ([S,] dim={dim},) float32/float64, "
+                             f"got {tuple(t.shape)} {t.dtype}")
+    if z is not None and (z.shape != (bsz, dim, length) or z.dtype != u4.dtype):
+        raise ValueError(f"selective_scan_gathered: `z` must be (batch, dim, length) in u's dtype, got "
+                         f"{tuple(z.shape)} {z.dtype}")
+    if B_step is not None and (B_step.shape != (S, bsz, dstate, length) or not B_step.is_floating_point()):
+        raise ValueError(f"selective_scan_gathered: `B_step` must be (S={S}, batch={bsz}, d_state={dstate}, "
+                         f"length={length}), got {tuple(B_step.shape)}")
+    for name, t in (('delta', d4), ('A', A3), ('B', B5), ('C', C5), ('D', D2), ('z', z), ('delta_bias', b2),
+                    ('B_step', B_step), ('order', order)):
+        if t is not None and t.device != u4.device:
+            raise ValueError(f"selective_scan_gathered: `{name}` is on {t.device} but `u` is on {u4.device}")
+    return u4, d4, A3, B5, C5, D2, b2, S
+
+
+def selective_scan_gathered_ref(u, delta, A, B, C, order, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                B_step=None, step_order: Sequence[str] = (), backend: str = 'torch') -> Tensor:
+    """What :func:`selective_scan_gathered` computes, as gather + :func:`selective_scan` + scatter-add in
+    PyTorch (materialises the permuted copies; any device, float64 too; autograd through the torch op).
+    The S directions run as one grouped scan call over S*E channels."""
+    from .scan import selective_scan
+    u4, d4, A3, B5, C5, D2, b2, S = _canon_gathered(u, delta, A, B, C, order, D, z, delta_bias, B_step,
+                                                    tuple(step_order))
+    _, bsz, dim, length = u4.shape
+    order = order.long()
+
+    def take(t, gather):  # (S or 1, B, ..., L) -> (S, B, ..., L) in step order
+        t = t.expand(S, *t.shape[1:])
+        if not gather:
+            return t
+        idx = order.view(S, bsz, *([1] * (t.dim() - 3)), length).expand(t.shape)
+        return torch.gather(t, -1, idx)
+
+    us = take(u4, True)
+    ds = take(d4, 'delta' not in step_order)
+    Bs = take(B5, 'B' not in step_order)
+    Cs = take(C5, 'C' not in step_order)
+    if B_step is not None:
+        Bs = Bs + B_step.unsqueeze(2).to(Bs.dtype)
+    groups = Bs.shape[2]
+    fold = lambda t: t.transpose(0, 1).reshape(bsz, S * t.shape[2], *t.shape[3:])  # directions into channels
+    Af = A3.expand(S, *A3.shape[1:]).reshape(S * dim, -1)
+    Df = None if D2 is None else D2.expand(S, dim).reshape(S * dim)
+    bf = None if b2 is None else b2.expand(S, dim).reshape(S * dim)
+    Bf = Bs.transpose(0, 1).reshape(bsz, S * groups, *Bs.shape[3:])
+    Cf = Cs.transpose(0, 1).reshape(bsz, S * groups, *Cs.shape[3:])
+    y = selective_scan(fold(us), fold(ds), Af, Bf, Cf, Df, None, bf, delta_softplus, backend=backend)
+    y = y.view(bsz, S, dim, length).transpose(0, 1)  # (S, B, E, L) in step order
+    f = torch.float64 if y.dtype == torch.float64 else torch.float32
+    idx = order.view(S, bsz, 1, length).expand(S, bsz, dim, length)
+    out = torch.zeros((bsz, dim, length), dtype=f, device=y.device)
+    for s in range(S):
+        out = out.scatter_add(2, idx[s], y[s].to(f))
+    if z is not None:
+        zf = z.to(f)
+        out = out * zf * torch.sigmoid(zf)
+    return out.to(u4.dtype)
+
+
+def selective_scan_gathered(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, order: Tensor,
+                            D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                            delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                            B_step: Optional[Tensor] = None, step_order: Sequence[str] = (),
+                            backend: str = 'auto', chunk: Optional[int] = None) -> Tensor:
+    """S selective scans over one sequence, each visiting the positions in its own order; outputs summed
+    back in sequence order, then gated. No permuted copy of any input or output is made.
+
+    order: (S, batch, L) int64/int32, ``order[s, b, t]`` = the sequence position direction ``s`` visits at
+        step ``t``. Each ``order[s, b]`` must be a permutation of 0..L-1 (not checked: a repeated position
+        would race on the output write). Any strides (e.g. an ``expand``-ed (S, 1, L) order).
+    u: (batch, E, L) shared by the directions, or (S, batch, E, L) one per direction; sequence order, read
+        through the order: step t of direction s reads ``u[..., order[s, b, t]]``.
+    delta: same shapes as u (before delta_bias / softplus); B, C: (batch, N, L), (batch, G, N, L) or, one per
+        direction, (S, batch, G, N, L) (5-D). delta, B and C are read through the order too, unless named in
+        ``step_order``: then step t reads index t (PlainMamba's official quirk Q2: ``step_order=('delta',
+        'B', 'C')``).
+    B_step: optional (S, batch, N, L), added to B at each step, indexed by step (PlainMamba's per-step
+        direction term ``direction_Bs[codes]``).
+    A: (E, N) or (S, E, N); D, delta_bias: (E,) or (S, E); float32 (float64).
+    z: optional (batch, E, L) in sequence order.
+
+    Returns (batch, E, L) in u's dtype::
+
+        y_s[t] = C_s[t]·h_s[t] + D_s u_s[order[s,b,t]]      (the recurrence of selective_scan, per direction)
+        out[b, :, p] = silu(z[b, :, p]) · Σ_s y_s[t] where order[s, b, t] = p
+
+    The directions are summed in float32 (float64) in the order s = 0, 1, ... (deterministic); gradients of
+    B/C/B_step use atomic adds across channel blocks. ``backend``: 'triton' (the fused kernel; CUDA, or CPU
+    under TRITON_INTERPRET=1), 'torch' (:func:`selective_scan_gathered_ref`: gather + selective_scan +
+    scatter-add), 'auto' (Triton for CUDA tensors when it is available, else 'torch').
+    """
+    if backend not in ('auto', 'triton', 'torch'):
+        raise ValueError(f"selective_scan_gathered: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    step_order = tuple(step_order)
+    if backend == 'auto':
+        backend = 'triton' if (u.is_cuda and triton_available(u.device)) else 'torch'
+    if backend == 'torch' or u.device.type == 'meta':
+        return selective_scan_gathered_ref(u, delta, A, B, C, order, D, z, delta_bias, delta_softplus, B_step,
+                                           step_order, backend='auto' if u.is_cuda else 'torch')
+    u4, d4, A3, B5, C5, D2, b2, S = _canon_gathered(u, delta, A, B, C, order, D, z, delta_bias, B_step,
+                                                    step_order)
+    _require(u4.device)
+    if u4.shape[-1] == 0:
+        return u4.new_empty(u4.shape[1:])
+    return _run(u4, d4, A3, B5, C5, None if D2 is None else D2.contiguous(), z,
+                None if b2 is None else b2.contiguous(), order, B_step, delta_softplus, step_order, chunk)

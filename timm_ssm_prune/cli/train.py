@@ -210,6 +210,9 @@ def run(args):
     model = create_model_from_args(args, checkpoint=args.resume or args.checkpoint, use_ema=False, **extra)
     ckpt = args._checkpoint
     resume = ckpt if args.resume else None
+    if resume is not None and 'epoch' not in resume.obj:
+        raise CliError(f"cannot resume from {resume.path}: it holds no training state (no 'epoch'); use "
+                       f"--initial-checkpoint to start a new run from its weights")
     record_kwargs = recorded_model_kwargs(model, args._model_kwargs)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -410,9 +413,6 @@ def _resume(ck, model, optimizer, scheduler, model_ema, scaler, updates_per_epoc
     """Restore a run from ``ck`` (the model weights are already loaded); returns (start epoch, optimizer steps
     done, best metric, best epoch)."""
     obj = ck.obj
-    if 'epoch' not in obj:
-        raise CliError(f"cannot resume from {ck.path}: it holds no training state (no 'epoch'); use "
-                       f"--initial-checkpoint to start a new run from its weights")
     epoch = int(obj['epoch'])
     start_epoch = epoch + 1 if int(obj.get('version', 1)) > 1 else epoch  # timm: version 2 saves the finished one
     step = int(obj.get('num_updates', start_epoch * updates_per_epoch))

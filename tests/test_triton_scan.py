@@ -1,0 +1,290 @@
+"""The Triton selective scan and its gathered (position-map) variant, run by Triton's interpreter on CPU.
+
+Triton's interpreter has to be switched on before ``triton`` is first imported, and timm imports it, so on a
+machine without a GPU the tests below run in a subprocess started with TRITON_INTERPRET=1
+(``test_kernels_in_interpreter_subprocess``); in that subprocess, or on a GPU, they run directly.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip('triton')
+
+from test_scan import make_inputs, reference_scan  # noqa: E402  (tests/ is on sys.path, see conftest)
+
+import timm_ssm_prune.ops.triton_scan as ts  # noqa: E402
+from timm_ssm_prune.ops import selective_scan  # noqa: E402
+from timm_ssm_prune.ops.scan import selective_scan_ref  # noqa: E402
+
+INTERPRETED = ts.triton_available('cpu')
+ON_GPU = torch.cuda.is_available() and ts.triton_available('cuda') and not INTERPRETED
+DEV = 'cuda' if ON_GPU else 'cpu'
+kernels = pytest.mark.skipif(not (INTERPRETED or ON_GPU),
+                             reason='runs in the TRITON_INTERPRET=1 subprocess (test_kernels_in_interpreter_subprocess)')
+
+
+@pytest.mark.skipif(INTERPRETED or ON_GPU, reason='the kernels run in this process')
+def test_kernels_in_interpreter_subprocess():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+    res = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', os.path.abspath(__file__)],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    tail = res.stdout[-6000:] + res.stderr[-3000:]
+    assert res.returncode == 0, tail
+    assert ' passed' in res.stdout and ' failed' not in res.stdout, tail
+
+
+@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason='needs a CPU-only process without the interpreter')
+def test_cpu_tensors_without_interpreter_name_the_fix():
+    u, delta, A, B, C, *_ = make_inputs()
+    with pytest.raises(ValueError, match='TRITON_INTERPRET=1'):
+        selective_scan(u, delta, A, B, C, backend='triton')
+    with pytest.raises(ValueError, match='TRITON_INTERPRET=1'):
+        ts.selective_scan_gathered(u, delta, A, B, C, torch.arange(9).view(1, 1, 9).expand(1, 2, 9),
+                                   backend='triton')
+
+
+def _dev(ts_):
+    return [None if t is None else t.to(DEV) for t in ts_]
+
+
+# ------------------------------------------------------------------------------------------------
+# backend='triton' of selective_scan
+# ------------------------------------------------------------------------------------------------
+
+@kernels
+@pytest.mark.parametrize('use_bias,softplus,use_d,use_z,groups', [
+    (False, False, False, False, None),
+    (True, True, True, False, None),
+    (True, True, True, True, None),
+    (True, True, True, True, 2),
+    (False, False, True, True, 3),
+])
+def test_forward_matches_reference(use_bias, softplus, use_d, use_z, groups):
+    u, delta, A, B, C, D, z, bias = make_inputs(groups=groups)
+    kw = dict(D=D if use_d else None, z=z if use_z else None, delta_bias=bias if use_bias else None,
+              delta_softplus=softplus)
+    ref = reference_scan(u, delta, A, B, C, **kw)
+    u, delta, A, B, C = _dev((u, delta, A, B, C))
+    kw = {k: (v.to(DEV) if torch.is_tensor(v) else v) for k, v in kw.items()}
+    out = selective_scan(u, delta, A, B, C, **kw, backend='triton')
+    assert out.dtype == torch.float32 and out.shape == u.shape
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-5, atol=1e-5)
+    # several chunks (the states handed from chunk to chunk)
+    out4 = ts.selective_scan_triton(u, delta, A, B, C, **kw, chunk=4)
+    torch.testing.assert_close(out4, out, rtol=1e-6, atol=1e-6)
+
+
+@kernels
+@pytest.mark.parametrize('dtype,tol', [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_low_precision_inputs(dtype, tol):
+    u, delta, A, B, C, D, z, bias = make_inputs(dtype=dtype)
+    ref = reference_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True)
+    out = selective_scan(*_dev((u, delta, A, B, C, D, z, bias)), delta_softplus=True, backend='triton')
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol)
+
+
+@kernels
+@pytest.mark.parametrize('groups,chunk', [(None, 3), (2, None)])
+def test_float64_gradients_match_autograd_through_reference(groups, chunk):
+    """Every gradient of the Triton backward, float64, against autograd through the step-by-step loop."""
+    inputs = [t.double().to(DEV).requires_grad_() for t in make_inputs(bsz=2, dim=4, length=8, dstate=3,
+                                                                          groups=groups)]
+    out = ts.selective_scan_triton(*inputs[:5], D=inputs[5], z=inputs[6], delta_bias=inputs[7],
+                                   delta_softplus=True, chunk=chunk)
+    ref = selective_scan_ref(*inputs[:5], D=inputs[5], z=inputs[6], delta_bias=inputs[7], delta_softplus=True)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, inputs, gy), torch.autograd.grad(ref, inputs, gy)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@kernels
+def test_gradcheck_small():
+    inputs = [t.double().to(DEV).requires_grad_() for t in make_inputs(bsz=1, dim=2, length=5, dstate=2)]
+    u, delta, A, B, C, D, z, bias = inputs
+    assert torch.autograd.gradcheck(
+        lambda *a: selective_scan(*a, D=D.detach(), z=z.detach(), delta_bias=bias.detach(), delta_softplus=True,
+                                  backend='triton'), (u, delta, A, B, C), eps=1e-6, atol=1e-6)
+
+
+@kernels
+def test_fp32_gradients_and_strided_inputs_match_torch_path():
+    """(B, L, E) memory viewed as (B, E, L), as the models pass it; no optional inputs; fp32."""
+    base = make_inputs(length=11)
+    t = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (base[0], base[1], base[3], base[4])]
+    ins = [x.to(DEV).requires_grad_() for x in (t[0], t[1], base[2], t[2], t[3])]
+    ins_t = [x.detach().clone().requires_grad_() for x in ins]
+    assert not ins[0].is_contiguous()
+    out = selective_scan(*ins, backend='triton')
+    out_t = selective_scan(*ins_t, backend='torch')
+    torch.testing.assert_close(out, out_t, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, ins, gy), torch.autograd.grad(out_t, ins_t, gy)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@kernels
+def test_auto_on_cpu_stays_on_the_torch_path(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError('auto must not pick Triton for CPU tensors')
+    monkeypatch.setattr(ts, 'selective_scan_triton', boom)
+    u, delta, A, B, C, *_ = make_inputs()
+    selective_scan(u, delta, A, B, C, backend='auto')
+    with pytest.raises(AssertionError):
+        selective_scan(u, delta, A, B, C, backend='triton')
+
+
+# ------------------------------------------------------------------------------------------------
+# selective_scan_gathered
+# ------------------------------------------------------------------------------------------------
+
+S_DIRS = 4
+
+
+def gathered_inputs(per_dir, bsz=2, dim=4, length=6, dstate=3, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = (S_DIRS,) if per_dir else ()
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u = r(*sd, bsz, dim, length).to(dtype)
+    delta = (r(*sd, bsz, dim, length) * 0.5).to(dtype)
+    A = -torch.exp(r(*sd, dim, dstate) * 0.5).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    bshape = (S_DIRS, bsz, 1, dstate, length) if per_dir else (bsz, dstate, length)
+    B, C = r(*bshape).to(dtype), r(*bshape).to(dtype)
+    D = r(*sd, dim).to(A.dtype)
+    bias = (r(*sd, dim) * 0.3).to(A.dtype)
+    z = r(bsz, dim, length).to(dtype)
+    bstep = r(S_DIRS, bsz, dstate, length).to(dtype)
+    order = torch.stack([torch.stack([torch.randperm(length, generator=g) for _ in range(bsz)])
+                         for _ in range(S_DIRS)])
+    return u, delta, A, B, C, order, D, z, bias, bstep
+
+
+@kernels
+@pytest.mark.parametrize('per_dir,step_order', [(False, ()), (False, ('delta', 'B', 'C')), (True, ('B',))])
+def test_gathered_matches_gather_scan_scatter_float64(per_dir, step_order):
+    u, delta, A, B, C, order, D, z, bias, bstep = gathered_inputs(per_dir)
+    ins = [t.to(DEV).requires_grad_() for t in (u, delta, A, B, C, D, z, bias, bstep)]
+    order = order.to(DEV)
+
+    def run(backend, i):
+        return ts.selective_scan_gathered(i[0], i[1], i[2], i[3], i[4], order, D=i[5], z=i[6], delta_bias=i[7],
+                                          delta_softplus=True, B_step=i[8], step_order=step_order,
+                                          backend=backend, **({'chunk': 4} if backend == 'triton' else {}))
+    out = run('triton', ins)
+    ins_r = [t.detach().clone().requires_grad_() for t in ins]
+    ref = run('torch', ins_r)
+    assert out.shape == ref.shape == (2, 4, 6) and out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, ins, gy), torch.autograd.grad(ref, ins_r, gy)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@kernels
+def test_gathered_expresses_the_plainmamba_mixer():
+    """PlainMamba2D.forward's scan with the official quirk Q2 (u read through the order; dt, B, C by step;
+    the per-step direction term on B; outputs index_add'ed back and summed, then gated), written out."""
+    bsz, n, E, N, S = 2, 6, 4, 3, S_DIRS
+    g = torch.Generator().manual_seed(3)
+    xc = torch.randn(bsz, n, E, generator=g, dtype=torch.float64, requires_grad=True)
+    dt = torch.randn(bsz, n, E, generator=g, dtype=torch.float64, requires_grad=True)
+    Bm = torch.randn(bsz, n, N, generator=g, dtype=torch.float64, requires_grad=True)
+    Cm = torch.randn(bsz, n, N, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(bsz, n, E, generator=g, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(5, N, generator=g, dtype=torch.float64, requires_grad=True)  # direction_Bs
+    A = -torch.exp(torch.randn(E, N, generator=g, dtype=torch.float64))
+    Dp, bias = torch.randn(E, generator=g, dtype=torch.float64), torch.randn(E, generator=g, dtype=torch.float64)
+    perm = torch.stack([torch.stack([torch.randperm(n, generator=g) for _ in range(bsz)]) for _ in range(S)])
+    codes = torch.randint(0, 5, (S, bsz, n), generator=g)
+    leaves = (xc, dt, Bm, Cm, z, table)
+
+    # the model's code (plainmamba.py, PlainMamba2D.forward), layout.gather = perm + b*n
+    rows = (perm + torch.arange(bsz).view(1, bsz, 1) * n).reshape(-1)
+    u = xc.reshape(bsz * n, E)[rows].reshape(S * bsz, n, E)
+    dir_term = table[codes]
+    dts = dt.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * bsz, n, E)
+    Bs = (Bm.unsqueeze(0) + dir_term).reshape(S * bsz, n, N)
+    Cs = Cm.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * bsz, n, N)
+    y = selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2), Cs.transpose(1, 2), Dp, None,
+                       bias, True, backend='torch')
+    y_seq = y.new_zeros(bsz * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * bsz * n, E))
+    ref = y_seq.reshape(bsz, n, E) * F.silu(z)
+
+    # the same with the gathered kernel: no permuted copy
+    to = lambda t: t.to(DEV)  # noqa: E731
+    out = ts.selective_scan_gathered(
+        to(xc).transpose(1, 2), to(dt).transpose(1, 2), to(A), to(Bm).transpose(1, 2), to(Cm).transpose(1, 2),
+        to(perm), D=to(Dp), z=to(z).transpose(1, 2), delta_bias=to(bias), delta_softplus=True,
+        B_step=to(table)[to(codes)].permute(0, 1, 3, 2), step_order=('delta', 'B', 'C'), backend='triton', chunk=4,
+    ).transpose(1, 2)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, leaves, gy.to(DEV)), torch.autograd.grad(ref, leaves, gy)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)
+
+
+@kernels
+def test_gathered_expresses_the_vim_mixer():
+    """Vim's two directions: (y_fwd + flip(y_bwd)) / 2 with per-branch parameters and z flipped for the
+    backward branch, against order = [arange, reversed arange] over per-direction inputs in sequence order."""
+    bsz, E, L, N = 2, 4, 7, 3
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    uf, ub, df, db = r(bsz, E, L), r(bsz, E, L), r(bsz, E, L), r(bsz, E, L)  # the backward branch in ITS order
+    Bf, Bb, Cf, Cb = r(bsz, N, L), r(bsz, N, L), r(bsz, N, L), r(bsz, N, L)
+    z = r(bsz, E, L)
+    A = -torch.exp(r(2 * E, N) * 0.5)
+    D, bias = r(2 * E), r(2 * E) * 0.3
+    # vim.py BiMambaMixer.forward
+    y = selective_scan(torch.cat([uf, ub], 1), torch.cat([df, db], 1), A, torch.stack([Bf, Bb], 1),
+                       torch.stack([Cf, Cb], 1), D, torch.cat([z, z.flip(-1)], 1), bias, True, backend='torch')
+    ref = (y[:, :E] + y[:, E:].flip(-1)) / 2
+    # gathered: the backward branch's inputs in sequence order, read through the reversed order
+    seq = lambda f_, b_: torch.stack([f_, b_.flip(-1)]).to(DEV)  # noqa: E731
+    ar = torch.arange(L)
+    order = torch.stack([ar, ar.flip(0)]).view(2, 1, L).expand(2, bsz, L).to(DEV)
+    out = ts.selective_scan_gathered(
+        seq(uf, ub), seq(df, db), A.view(2, E, N).to(DEV), seq(Bf, Bb).unsqueeze(2), seq(Cf, Cb).unsqueeze(2),
+        order, D=D.view(2, E).to(DEV), z=z.to(DEV), delta_bias=bias.view(2, E).to(DEV), delta_softplus=True,
+        backend='triton') / 2
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-12, atol=1e-12)
+
+
+@kernels
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_gathered_low_precision(dtype, tol):
+    u, delta, A, B, C, order, D, z, bias, bstep = gathered_inputs(False, dtype=dtype, seed=1)
+    args = _dev((u, delta, A, B, C, order))
+    kw = dict(D=D.to(DEV), z=z.to(DEV), delta_bias=bias.to(DEV), delta_softplus=True, B_step=bstep.to(DEV))
+    out = ts.selective_scan_gathered(*args, **kw, backend='triton')
+    assert out.dtype == dtype
+    ref = ts.selective_scan_gathered(*[t.double() if t.is_floating_point() else t for t in args],
+                                     **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()},
+                                     backend='torch')
+    torch.testing.assert_close(out.double().cpu(), ref.cpu(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize('bad,match', [
+    (dict(order=torch.zeros(4, 2, 5, dtype=torch.long)), '`u` must be'),
+    (dict(order=torch.zeros(4, 2, 6)), '`order` must be'),
+    (dict(step_order=('u',)), '`step_order`'),
+    (dict(A=torch.zeros(3, 4, 3)), '`A` must have'),
+    (dict(B_step=torch.zeros(4, 2, 3, 5)), '`B_step` must be'),
+    (dict(backend='cuda'), 'backend must be'),
+])
+def test_gathered_bad_arguments(bad, match):
+    u, delta, A, B, C, order, D, z, bias, bstep = gathered_inputs(False, dtype=torch.float32)
+    kw = dict(u=u, delta=delta, A=A, B=B, C=C, order=order, D=D, z=z, delta_bias=bias, B_step=bstep,
+              backend='torch')
+    kw.update(bad)
+    with pytest.raises(ValueError, match=match):
+        ts.selective_scan_gathered(**kw)

@@ -315,8 +315,7 @@ def test_model_blocks_after_a_stage_see_exactly_the_kept_tokens():
         hid, res = seen['inp'][0], seen['inp'][1]
         assert hid.shape[1] == 9  # 8 kept patches + the class token in the middle
         # recompute: dense run up to block 2, score, gather, middle class token
-        tokens, layout = dense._embed(x)
-        h, r = tokens, None
+        (h, r), layout = dense._embed(x)
         for i in range(2):
             h, r, ssm = dense.layers[i](h, r, layout, True)
         scores = torch.cat([ssm[:, :8], ssm[:, 9:]], 1)

@@ -3,7 +3,6 @@ recorded before the reducer-layer refactor (tests/refs/make_prune_refs.py), in f
 import os
 import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 

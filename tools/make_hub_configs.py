@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Regenerate ``hub_configs/<model>/{config.json,README.md}`` for every model timm-ssm-prune registers.
+"""Regenerate ``hub_configs/<model>/{config.json,README.md}`` for every model timm-ssm-prune registers, and the
+README's model table (both from ``timm_ssm_prune/models/facts.py``).
 
-    python tools/make_hub_configs.py            # (re)write the folders (only files whose content changed)
-    python tools/make_hub_configs.py --check    # exit 1 if any folder is missing or out of date
+    python tools/make_hub_configs.py            # (re)write the folders and the README table (changed files only)
+    python tools/make_hub_configs.py --check    # exit 1 if any folder or the README table is out of date
     python tools/make_hub_configs.py --models plainmamba_l1 vim_mini
 
 The output is deterministic: models are built on the meta device (no weights, nothing downloaded), the config is
@@ -30,10 +31,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
     torch.set_num_threads(1)
-    from timm_ssm_prune.hub import generate_hub_configs, package_models
+    from timm_ssm_prune.hub import generate_hub_configs, package_models, update_readme_table
 
     names = args.models or package_models()
     problems = generate_hub_configs(args.out, names if args.models else None, check=args.check)
+    if not args.models and update_readme_table(ROOT / 'README.md', check=args.check):
+        problems.append('README.md: the model table differs from models/facts.py')
     if args.check:
         for line in problems:
             print(line, file=sys.stderr)

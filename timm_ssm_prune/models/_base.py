@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['ModelFamily', 'resample_grid_embed', 'take_indices', 'to_2tuple', 'ceil_div', 'conv_out', 'acc_dtype',
+from ..pruning import PrunableMixin
+
+__all__ = ['ModelFamily', 'StagedModelMixin', 'imagenet_cfg', 'resample_grid_embed', 'take_indices', 'to_2tuple',
+           'ceil_div', 'conv_out', 'acc_dtype',
            'build_model', 'pruned_kwargs', 'animal_mnist_cfg', 'WEIGHTS_DIR', 'check_checkpoint_compatible',
            'check_image_input', 'init_ssm_params']
 
@@ -144,6 +147,95 @@ def init_ssm_params(dt_proj: nn.Linear, A_log: Tensor, D: Tensor, dt_rank: int, 
     dt_proj.bias.copy_((dt + torch.log(-torch.expm1(-dt))) * bias_scale)
     A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
     D.fill_(1.0)
+
+
+def imagenet_cfg(family: dict, **kwargs) -> dict:
+    """Pretrained cfg: the ImageNet-1k-at-224 fields, then the ``family``'s, then ``kwargs`` (later ones win)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return {'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
+            'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+            'classifier': 'head', 'license': 'apache-2.0', **family, **kwargs}
+
+
+class StagedModelMixin(PrunableMixin):
+    """The forward paths both families share, around the stage loop. A family defines ``_embed(x) -> (state,
+    layout)`` (its token streams and their layout), ``_final(state)`` (the normalised output tokens),
+    ``_intermediate(f, norm, dtype)`` (one dense feature map, optionally normalised) and ``final_norm`` (the
+    attribute name of its final norm), plus ``forward_head``."""
+    final_norm: str
+    global_pools: Tuple[str, ...]
+
+    def _init_common(self, num_classes: int, global_pool: str, in_chans: int, embed_dim: int, img_size,
+                     dynamic_img_size: bool):
+        """Attributes timm expects of every classifier, after checking the pooling and the image size."""
+        self._check_pool(global_pool)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.img_size = to_2tuple(img_size)
+        if min(self.img_size) < 1:
+            raise ValueError(f"img_size must be positive, got {img_size!r}")
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+    def _check_pool(self, global_pool: str):
+        if global_pool not in self.global_pools:
+            raise ValueError(f"global_pool must be one of {self.global_pools}, got {global_pool!r}")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            self.global_pool = global_pool
+        ref = self.pos_embed
+        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        state, layout = self._embed(x)
+        state, _, _ = self._run_stages(state, layout)
+        return self._final(state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: Tensor, indices: Union[int, List[int], None] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Dense (B, C, H, W) maps (or NLC with output_fmt='NLC') of the selected blocks' outputs (patch tokens
+        only). After a pruning stage, each pruned position holds its token's features from the stage where it was
+        pruned. ``norm=True`` applies the final norm to each map."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = take_indices(len(self.layers), indices)
+        state, layout = self._embed(x)
+        batch, dtype, grid = x.shape[0], state[0].dtype, layout.grid
+        stop = max_index + 1 if (stop_early or intermediates_only) else None
+        state, _, feats = self._run_stages(state, layout, stop=stop, take=take)
+        feats = [self._intermediate(f, norm, dtype) for f in feats]
+        if output_fmt == 'NCHW':
+            feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
+        if intermediates_only:
+            return feats
+        return self._final(state), feats
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take, max_index = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            setattr(self, self.final_norm, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
 
 
 class ModelFamily:

@@ -31,15 +31,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..ops import decay_selective_scan, selective_scan
-from ..pruning import PrunableMixin, TokenLayout, condensed_grid, restrict_scan_order
-from ._base import (ModelFamily, acc_dtype, animal_mnist_cfg, ceil_div, check_checkpoint_compatible, check_image_input,
-                    conv_out, init_ssm_params, resample_grid_embed, take_indices, to_2tuple)
+from ..pruning import TokenLayout, condensed_grid, restrict_scan_order
+from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, ceil_div, check_checkpoint_compatible,
+                    check_image_input, conv_out, imagenet_cfg, init_ssm_params, resample_grid_embed)
 from ._loading import unwrap_checkpoint
+from .facts import FACTS, pruned_defaults
 
 __all__ = ['PlainMamba', 'checkpoint_filter_fn', 'snake_scan_tables']
 
@@ -300,8 +300,10 @@ class ConvPatchEmbed(nn.Module):
 # Model
 # ------------------------------------------------------------------------------------------------
 
-class PlainMamba(PrunableMixin, nn.Module):
+class PlainMamba(StagedModelMixin, nn.Module):
     default_flops_convention = 'mamba'
+    final_norm = 'ln1'
+    global_pools = ('avg', '')
 
     def __init__(
             self,
@@ -324,27 +326,13 @@ class PlainMamba(PrunableMixin, nn.Module):
             official_quirks: bool = True,
             dynamic_img_size: bool = False,
             scan_backend: str = 'auto',
-            prune_layers: Optional[Sequence[int]] = None,
-            keep_rate: Union[None, float, Sequence[float]] = None,
-            importance: str = 'clip',
-            alignment: str = 'aligned',
-            flops_reduction: Optional[float] = None,
             device=None,
             dtype=None,
+            **pruning,
     ):
         super().__init__()
+        self._init_common(num_classes, global_pool, in_chans, embed_dim, img_size, dynamic_img_size)
         dd = dict(device=device, dtype=dtype)
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.in_chans = in_chans
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.img_size = to_2tuple(img_size)
-        if min(self.img_size) < 1:
-            raise ValueError(f"img_size must be positive, got {img_size!r}")
-        self.dynamic_img_size = dynamic_img_size
-        self.grad_checkpointing = False
 
         self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, num_convs_patch_embed, patch_size, stem_dim, **dd)
         self.grid_size = self.patch_embed.grid_size(self.img_size)
@@ -368,7 +356,7 @@ class PlainMamba(PrunableMixin, nn.Module):
             if isinstance(self.head, nn.Linear):
                 trunc_normal_(self.head.weight, std=.02)
                 nn.init.zeros_(self.head.bias)
-        self._init_pruning(prune_layers, keep_rate, importance, alignment, flops_reduction)
+        self._init_pruning(**pruning)
 
     # -------------------------------------------------------------------------------- timm contract
     @torch.jit.ignore
@@ -379,77 +367,27 @@ class PlainMamba(PrunableMixin, nn.Module):
     def group_matcher(self, coarse: bool = False):
         return dict(stem=r'^pos_embed|^patch_embed', blocks=[(r'^layers\.(\d+)', None), (r'^ln1', (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        ref = self.pos_embed
-        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
-            if num_classes > 0 else nn.Identity()
-
     # -------------------------------------------------------------------------------- forward
-    def _embed(self, x: Tensor) -> Tuple[Tensor, SnakeLayout]:
+    def _embed(self, x: Tensor) -> Tuple[List[Tensor], SnakeLayout]:
         check_image_input(self, x)
         x = self.patch_embed(x)
         grid = tuple(x.shape[-2:])
         pos = resample_grid_embed(self.pos_embed, self.grid_size, grid)
         x = self.pos_drop(x.flatten(2).transpose(1, 2) + pos)
-        return x, SnakeLayout.dense(x.shape[0], grid, x.device)
+        return [x], SnakeLayout.dense(x.shape[0], grid, x.device)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _final(self, state: List[Tensor]) -> Tensor:
         """(B, n, C) normalised tokens; n = tokens kept after the last stage (all tokens when dense)."""
-        x, layout = self._embed(x)
-        (x,), _, _ = self._run_stages([x], layout)
-        return self.ln1(x)
+        return self.ln1(state[0])
+
+    def _intermediate(self, f: Tensor, norm: bool, dtype: torch.dtype) -> Tensor:
+        return self.ln1(f) if norm else f
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == 'avg':
             x = x.mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: Tensor, indices: Union[int, List[int], None] = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
-        """Dense (B, C, H, W) maps (or NLC with output_fmt='NLC') of the selected layers' outputs. After a pruning
-        stage, each pruned position holds its token's features from the stage where it was pruned."""
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take, max_index = take_indices(len(self.layers), indices)
-        batch = x.shape[0]
-        x, layout = self._embed(x)
-        grid = layout.grid
-        stop = max_index + 1 if (stop_early or intermediates_only) else None
-        (x,), _, feats = self._run_stages([x], layout, stop=stop, take=take)
-        if norm:
-            feats = [self.ln1(f) for f in feats]
-        if output_fmt == 'NCHW':
-            feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
-        if intermediates_only:
-            return feats
-        return self.ln1(x), feats
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take, max_index = take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
-        if prune_norm:
-            self.ln1 = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take
 
 
 # ------------------------------------------------------------------------------------------------
@@ -488,29 +426,29 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: PlainMamba) -> Di
     return out
 
 
+_FAMILY_CFG = dict(
+    fixed_input_size=False, first_conv='patch_embed.stem.0', paper_ids='arXiv:2403.17695',
+    paper_name='PlainMamba: Improving Non-Hierarchical Mamba in Visual Recognition',
+    origin_url='https://github.com/ChenhongyiYang/PlainMamba')
+
+
 def _cfg(**kwargs):
+    return imagenet_cfg(_FAMILY_CFG, **kwargs)
+
+
+def _upstream_cfgs(v: str) -> dict:
+    facts = FACTS[f'plainmamba_{v}']
+    hub = dict(hf_hub_id=facts.hub[0], hf_hub_filename=facts.hub[1])
     return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.stem.0', 'classifier': 'head',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.17695', 'paper_name': 'PlainMamba: Improving Non-Hierarchical '
-        'Mamba in Visual Recognition', 'origin_url': 'https://github.com/ChenhongyiYang/PlainMamba',
-        **kwargs,
+        f'plainmamba_{v}.in1k': _cfg(**hub, notes=f'official weights, ImageNet-1k top-1 {facts.top1}'),
+        f'plainmamba_{v}_pruned.in1k': _cfg(
+            **hub, notes='dense official weights; training-free token pruning (ToP, arXiv:2409.18962)'),
     }
 
 
-_TOP1 = {'l1': 77.9, 'l2': 81.6, 'l3': 82.3}
-
 default_cfgs = generate_default_cfgs({
-    **{f'plainmamba_{v}.in1k': _cfg(hf_hub_id='ChenhongyiYang/PlainMamba', hf_hub_filename=f'{v}.pth',
-                                    notes=f'official weights, ImageNet-1k top-1 {_TOP1[v]}')
-       for v in ('l1', 'l2', 'l3')},
-    **{f'plainmamba_{v}_pruned.in1k': _cfg(
-        hf_hub_id='ChenhongyiYang/PlainMamba', hf_hub_filename=f'{v}.pth',
-        notes='dense official weights; training-free token pruning (ToP, arXiv:2409.18962)')
-       for v in ('l1', 'l2', 'l3')},
-    'plainmamba_mini.animal_mnist': _cfg(**animal_mnist_cfg('plainmamba_mini'), classifier='head'),
+    **_upstream_cfgs('l1'), **_upstream_cfgs('l2'), **_upstream_cfgs('l3'),
+    'plainmamba_mini.animal_mnist': _cfg(**animal_mnist_cfg('plainmamba_mini')),
 })
 
 # Architecture of each variant (official arch_zoo).
@@ -522,34 +460,27 @@ _ARCHS = {
     'mini': dict(embed_dim=32, depth=6, d_state=16, num_convs_patch_embed=1, stem_dim=32, patch_size=2,
                  img_size=28, layers_with_dwconv=()),
 }
-# Default schedules of the *_pruned variants: three evenly spaced stages, one keep rate solved with this
-# package's FLOPs counter for -41.6 % FLOPs at 224 (the paper's PlainMamba-L3 figure); see
-# tests/test_pruning.py::test_default_plainmamba_schedules_meet_the_flops_target.
-PRUNED_DEFAULTS = {
-    'l1': dict(prune_layers=(6, 12, 18), keep_rate=0.433),  # tokens 196 -> 85 -> 37 -> 17
-    'l2': dict(prune_layers=(6, 12, 18), keep_rate=0.522),  # tokens 196 -> 103 -> 54 -> 29
-    'l3': dict(prune_layers=(9, 18, 27), keep_rate=0.576),  # tokens 196 -> 113 -> 66 -> 39
-}
-
+# Default schedules of the *_pruned variants (models/facts.py; tests/test_pruning.py checks their FLOPs cut).
+PRUNED_DEFAULTS = pruned_defaults('plainmamba_')
 
 _family = ModelFamily(PlainMamba, checkpoint_filter_fn, _ARCHS, PRUNED_DEFAULTS)
 
 
 @register_model
 def plainmamba_l1(pretrained: bool = False, **kwargs) -> PlainMamba:
-    """PlainMamba-L1 (7.6M params, 3.0 GFLOPs, 77.9 % IN-1k top-1)."""
+    """PlainMamba-L1 with the official weights (numbers: README model table, models/facts.py)."""
     return _family.dense('l1', 'plainmamba_l1', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l2(pretrained: bool = False, **kwargs) -> PlainMamba:
-    """PlainMamba-L2 (26.1M params, 8.1 GFLOPs, 81.6 % IN-1k top-1)."""
+    """PlainMamba-L2 with the official weights (numbers: README model table, models/facts.py)."""
     return _family.dense('l2', 'plainmamba_l2', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l3(pretrained: bool = False, **kwargs) -> PlainMamba:
-    """PlainMamba-L3 (51.0M params, 14.4 GFLOPs, 82.3 % IN-1k top-1)."""
+    """PlainMamba-L3 with the official weights (numbers: README model table, models/facts.py)."""
     return _family.dense('l3', 'plainmamba_l3', pretrained, kwargs)
 
 
@@ -561,17 +492,17 @@ def plainmamba_mini(pretrained: bool = False, **kwargs) -> PlainMamba:
 
 @register_model
 def plainmamba_l1_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
-    """PlainMamba-L1 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
+    """PlainMamba-L1 with ToP token pruning (default schedule: models/facts.py); loads the dense official weights."""
     return _family.pruned('l1', 'plainmamba_l1_pruned', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l2_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
-    """PlainMamba-L2 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
+    """PlainMamba-L2 with ToP token pruning (default schedule: models/facts.py); loads the dense official weights."""
     return _family.pruned('l2', 'plainmamba_l2_pruned', pretrained, kwargs)
 
 
 @register_model
 def plainmamba_l3_pruned(pretrained: bool = False, **kwargs) -> PlainMamba:
-    """PlainMamba-L3 with ToP token pruning (3 stages, -41.6 % FLOPs); loads the dense official weights."""
+    """PlainMamba-L3 with ToP token pruning (default schedule: models/facts.py); loads the dense official weights."""
     return _family.pruned('l3', 'plainmamba_l3_pruned', pretrained, kwargs)

@@ -27,15 +27,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..ops import causal_conv1d, decay_selective_scan, selective_scan
-from ..pruning import PrunableMixin, TokenLayout
-from ._base import (ModelFamily, acc_dtype, animal_mnist_cfg, check_checkpoint_compatible, check_image_input,
-                    init_ssm_params, resample_grid_embed, take_indices, to_2tuple)
+from ..pruning import TokenLayout
+from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, check_checkpoint_compatible,
+                    check_image_input, imagenet_cfg, init_ssm_params, resample_grid_embed)
 from ._loading import unwrap_checkpoint
+from .facts import FACTS, pruned_defaults
 
 __all__ = ['Vim', 'checkpoint_filter_fn']
 
@@ -196,8 +196,10 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-class Vim(PrunableMixin, nn.Module):
+class Vim(StagedModelMixin, nn.Module):
     default_flops_convention = 'localmamba'
+    final_norm = 'norm_f'
+    global_pools = ('token', 'avg', '')
     # LocalMamba's counter (the published Vim FLOPs) counts conv1d/x_proj/dt_proj once per layer.
     flops_skip = {'localmamba': ('layers.*.mixer.bwd',)}
 
@@ -217,28 +219,16 @@ class Vim(PrunableMixin, nn.Module):
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
-            dynamic_img_size: bool = False,
             scan_backend: str = 'auto',
-            prune_layers: Optional[Sequence[int]] = None,
-            keep_rate: Union[None, float, Sequence[float]] = None,
-            importance: str = 'clip',
-            alignment: str = 'aligned',
-            flops_reduction: Optional[float] = None,
+            dynamic_img_size: bool = False,
             device=None,
             dtype=None,
+            **pruning,
     ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        if global_pool not in ('token', 'avg', ''):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.in_chans = in_chans
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.img_size = to_2tuple(img_size)
-        self.dynamic_img_size = dynamic_img_size
-        self.grad_checkpointing = False
         stride = stride or patch_size
+        super().__init__()
+        self._init_common(num_classes, global_pool, in_chans, embed_dim, img_size, dynamic_img_size)
+        dd = dict(device=device, dtype=dtype)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, stride, **dd)
         self.grid_size = self.patch_embed.grid_size(self.img_size)
         if min(self.grid_size) < 1:
@@ -260,7 +250,7 @@ class Vim(PrunableMixin, nn.Module):
         self.feature_info = [dict(module=f'layers.{i}', num_chs=embed_dim, reduction=stride) for i in range(depth)]
         if not self.pos_embed.is_meta:
             self._init_weights(depth)
-        self._init_pruning(prune_layers, keep_rate, importance, alignment, flops_reduction)
+        self._init_pruning(**pruning)
 
     @torch.no_grad()
     def _init_weights(self, depth: int):
@@ -287,51 +277,34 @@ class Vim(PrunableMixin, nn.Module):
         return dict(stem=r'^cls_token|^pos_embed|^patch_embed',
                     blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('token', 'avg', ''):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        ref = self.pos_embed
-        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) \
-            if num_classes > 0 else nn.Identity()
-
     # -------------------------------------------------------------------------------- forward
     def _pos_embed(self, grid: Tuple[int, int]) -> Tensor:
         if tuple(grid) == tuple(self.grid_size):
             return self.pos_embed
         return resample_mid_cls_embed(self.pos_embed, self.grid_size, grid)
 
-    def _embed(self, x: Tensor) -> Tuple[Tensor, VimLayout]:
+    def _embed(self, x: Tensor) -> Tuple[List[Optional[Tensor]], VimLayout]:
         check_image_input(self, x)
         x = self.patch_embed(x)
         grid = tuple(x.shape[-2:])
         x = x.flatten(2).transpose(1, 2)
         x = insert_cls(x, self.cls_token.expand(x.shape[0], -1, -1))
         x = self.pos_drop(x + self._pos_embed(grid))
-        return x, VimLayout(grid, grid[0] * grid[1])
+        return [x, None], VimLayout(grid, grid[0] * grid[1])
 
     def _feature_tokens(self, state):
         hidden, residual = state
         return residual + hidden
 
-    def _final(self, hidden: Tensor, residual: Tensor) -> Tensor:
+    def _final(self, state: List[Tensor]) -> Tensor:
+        """(B, n + 1, C) normalised tokens with the class token in the middle (index n // 2): the final fused
+        add + RMSNorm of the residual stream."""
+        hidden, residual = state
         return self.norm_f(residual + self.drop_path(hidden).to(residual.dtype)).to(hidden.dtype)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """(B, n + 1, C) normalised tokens with the class token in the middle (index n // 2)."""
-        x, layout = self._embed(x)
-        (hidden, residual), _, _ = self._run_stages([x, None], layout)
-        return self._final(hidden, residual)
+    def _intermediate(self, f: Tensor, norm: bool, dtype: torch.dtype) -> Tensor:
+        """A patch-token map of the residual stream (class token removed), norm_f applied when ``norm``."""
+        return self.norm_f(f).to(dtype) if norm else f.to(dtype)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         cls_pos = (x.shape[1] - 1) // 2
@@ -341,39 +314,6 @@ class Vim(PrunableMixin, nn.Module):
             x = split_cls(x, cls_pos)[0].mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: Tensor, indices: Union[int, List[int], None] = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
-        """Patch-token maps (class token removed) of the residual stream after the selected blocks, (B, C, H, W)
-        or NLC. After a pruning stage, pruned positions hold their features from the stage where they were
-        pruned. norm=True applies the final RMSNorm."""
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take, max_index = take_indices(len(self.layers), indices)
-        batch = x.shape[0]
-        x, layout = self._embed(x)
-        grid = layout.grid
-        stop = max_index + 1 if (stop_early or intermediates_only) else None
-        (hidden, residual), _, feats = self._run_stages([x, None], layout, stop=stop, take=take)
-        feats = [self.norm_f(f).to(x.dtype) if norm else f.to(x.dtype) for f in feats]
-        if output_fmt == 'NCHW':
-            feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
-        if intermediates_only:
-            return feats
-        return self._final(hidden, residual), feats
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        take, max_index = take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
-        if prune_norm:
-            self.norm_f = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take
 
 
 def _scan_gaps(index: Tensor, n_total: int) -> Tensor:
@@ -393,7 +333,7 @@ def resample_mid_cls_embed(posemb: Tensor, old_grid: Sequence[int], new_grid: Se
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints, configs, registration
+# Official checkpoints (key renames, EMA, pos_embed), pretrained cfgs, entrypoints
 # ------------------------------------------------------------------------------------------------
 
 _RENAMES = (
@@ -436,50 +376,33 @@ def checkpoint_filter_fn(state_dict: Dict, model: Vim, use_ema: Optional[bool] =
     return out
 
 
-def _cfg(**kwargs):
-    return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2401.09417',
-        'paper_name': 'Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model',
-        'origin_url': 'https://github.com/hustvl/Vim',
-        **kwargs,
-    }
+_FAMILY_CFG = dict(
+    fixed_input_size=True, first_conv='patch_embed.proj', paper_ids='arXiv:2401.09417',
+    paper_name='Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model',
+    origin_url='https://github.com/hustvl/Vim')
 
 
-_HUB = {
-    'tiny': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth', 76.1),
-    'small': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth', 80.5),
-    'base': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth', 81.9),
-    'tiny_s8': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_ft_78p3acc.pth', 78.3),
-    'small_s8': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth', 81.6),
-}
-
-
-def _hub_cfgs(name: str, key: str, pruned: bool = False):
-    repo, fname, top1 = _HUB[key]
-    note = f'official weights (checkpoint["model"]), ImageNet-1k top-1 {top1}'
+def _hub_cfgs(name: str, weights_of: str, pruned: bool = False):
+    """The ``.in1k`` (checkpoint["model"]) and ``.in1k_ema`` (checkpoint["model_ema"]) tags of ``name``, whose
+    weights are those of the registered model ``weights_of``."""
+    facts = FACTS[weights_of]
+    note = f'official weights (checkpoint["model"]), ImageNet-1k top-1 {facts.top1}'
     if pruned:
         note = 'dense official weights; training-free token pruning (ToP, arXiv:2409.18962)'
+    hub = dict(hf_hub_id=facts.hub[0], hf_hub_filename=facts.hub[1])
     return {
-        f'{name}.in1k': _cfg(hf_hub_id=repo, hf_hub_filename=fname, notes=note),
-        f'{name}.in1k_ema': _cfg(hf_hub_id=repo, hf_hub_filename=fname,
-                                 notes=note.replace('checkpoint["model"]', 'checkpoint["model_ema"]')),
+        f'{name}.in1k': imagenet_cfg(_FAMILY_CFG, **hub, notes=note),
+        f'{name}.in1k_ema': imagenet_cfg(_FAMILY_CFG, **hub,
+                                         notes=note.replace('checkpoint["model"]', 'checkpoint["model_ema"]')),
     }
 
 
+_UPSTREAM = ('vim_tiny_patch16_224', 'vim_small_patch16_224', 'vim_base_patch16_224',
+             'vim_tiny_patch16_stride8_224', 'vim_small_patch16_stride8_224')
 default_cfgs = generate_default_cfgs({
-    **_hub_cfgs('vim_tiny_patch16_224', 'tiny'),
-    **_hub_cfgs('vim_small_patch16_224', 'small'),
-    **_hub_cfgs('vim_base_patch16_224', 'base'),
-    **_hub_cfgs('vim_tiny_patch16_stride8_224', 'tiny_s8'),
-    **_hub_cfgs('vim_small_patch16_stride8_224', 'small_s8'),
-    **_hub_cfgs('vim_tiny_patch16_224_pruned', 'tiny', pruned=True),
-    **_hub_cfgs('vim_small_patch16_224_pruned', 'small', pruned=True),
-    **_hub_cfgs('vim_base_patch16_224_pruned', 'base', pruned=True),
-    'vim_mini.animal_mnist': _cfg(**dict(animal_mnist_cfg('vim_mini'), fixed_input_size=False)),
+    **{k: v for name in _UPSTREAM for k, v in _hub_cfgs(name, name).items()},
+    **{k: v for name in _UPSTREAM[:3] for k, v in _hub_cfgs(f'{name}_pruned', name, pruned=True).items()},
+    'vim_mini.animal_mnist': imagenet_cfg(_FAMILY_CFG, **animal_mnist_cfg('vim_mini'), fixed_input_size=False),
 })
 
 _ARCHS = {
@@ -489,44 +412,39 @@ _ARCHS = {
     # the project's small model for Animal-MNIST: 28x28 grey input, a 14x14 token grid (patch 2), as at 224/16
     'mini': dict(embed_dim=32, depth=6, d_state=16, patch_size=2, img_size=28),
 }
-# The paper's schedules (method.md §1): Vim-T after blocks 10, 20; Vim-S / Vim-B after 5, 10, 15; keep 0.8.
-PRUNED_DEFAULTS = {
-    'tiny': dict(prune_layers=(10, 20), keep_rate=0.8),
-    'small': dict(prune_layers=(5, 10, 15), keep_rate=0.8),
-    'base': dict(prune_layers=(5, 10, 15), keep_rate=0.8),
-}
-
+# The paper's schedules (models/facts.py): Vim-T after blocks 10, 20; Vim-S / Vim-B after 5, 10, 15; keep 0.8.
+PRUNED_DEFAULTS = pruned_defaults('vim_')
 
 _family = ModelFamily(Vim, checkpoint_filter_fn, _ARCHS, PRUNED_DEFAULTS)
 
 
 @register_model
 def vim_tiny_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-Ti (7.1M params, 1.5 GFLOPs, 76.1 % IN-1k top-1), middle class token."""
+    """Vim-Ti, middle class token, with the official weights (numbers: models/facts.py)."""
     return _family.dense('tiny', 'vim_tiny_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def vim_small_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-S (25.8M params, 5.1 GFLOPs, 80.5 % IN-1k top-1), middle class token."""
+    """Vim-S, middle class token, with the official weights (numbers: models/facts.py)."""
     return _family.dense('small', 'vim_small_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def vim_base_patch16_224(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-B (97.6M params, 18.9 GFLOPs, 81.9 % IN-1k top-1), middle class token."""
+    """Vim-B, middle class token, with the official weights (numbers: models/facts.py)."""
     return _family.dense('base', 'vim_base_patch16_224', pretrained, kwargs)
 
 
 @register_model
 def vim_tiny_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-Ti+ (stride-8 fine-tune, 27x27 tokens, 78.3 % IN-1k top-1)."""
+    """Vim-Ti+: the stride-8 fine-tune (27x27 tokens) with the official weights."""
     return _family.dense('tiny', 'vim_tiny_patch16_stride8_224', pretrained, kwargs, stride=8)
 
 
 @register_model
 def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-S+ (stride-8 fine-tune, 27x27 tokens, 81.6 % IN-1k top-1)."""
+    """Vim-S+: the stride-8 fine-tune (27x27 tokens) with the official weights."""
     return _family.dense('small', 'vim_small_patch16_stride8_224', pretrained, kwargs, stride=8)
 
 
@@ -538,17 +456,17 @@ def vim_mini(pretrained: bool = False, **kwargs) -> Vim:
 
 @register_model
 def vim_tiny_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-Ti with ToP pruning after blocks 10 and 20 (keep 0.8); loads the dense official weights."""
+    """Vim-Ti with ToP pruning (default schedule: models/facts.py); loads the dense official weights."""
     return _family.pruned('tiny', 'vim_tiny_patch16_224_pruned', pretrained, kwargs)
 
 
 @register_model
 def vim_small_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-S with ToP pruning after blocks 5, 10, 15 (keep 0.8); loads the dense official weights."""
+    """Vim-S with ToP pruning (default schedule: models/facts.py); loads the dense official weights."""
     return _family.pruned('small', 'vim_small_patch16_224_pruned', pretrained, kwargs)
 
 
 @register_model
 def vim_base_patch16_224_pruned(pretrained: bool = False, **kwargs) -> Vim:
-    """Vim-B with ToP pruning after blocks 5, 10, 15 (keep 0.8); loads the dense official weights."""
+    """Vim-B with ToP pruning (default schedule: models/facts.py); loads the dense official weights."""
     return _family.pruned('base', 'vim_base_patch16_224_pruned', pretrained, kwargs)

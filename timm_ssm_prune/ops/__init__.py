@@ -7,7 +7,8 @@ from .scan import (
 )
 
 __all__ = [
-    'selective_scan', 'selective_scan_ref', 'decay_selective_scan', 'scan_flops', 'cuda_kernels_available', 'force_backend',
+    'selective_scan', 'selective_scan_ref', 'decay_selective_scan', 'scan_flops',
+    'cuda_kernels_available', 'force_backend',
     'record_scan_calls', 'set_chunk_size', 'CUDA_INSTALL_HINT',
     'causal_conv1d', 'causal_conv1d_available', 'CAUSAL_CONV1D_INSTALL_HINT',
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from .config import ALIGNMENTS, IMPORTANCE_METRICS, keep_count

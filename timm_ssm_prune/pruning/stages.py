@@ -38,7 +38,10 @@ class PrunableMixin:
     grad_checkpointing: bool
 
     def _init_pruning(self, prune_layers=None, keep_rate=None, importance='clip', alignment='aligned',
-                      flops_reduction=None):
+                      flops_reduction=None, **unknown):
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {sorted(unknown)}; the pruning "
+                            f"kwargs are prune_layers, keep_rate, importance, alignment, flops_reduction")
         self.set_pruning(prune_layers=prune_layers, keep_rate=keep_rate, importance=importance,
                          alignment=alignment, flops_reduction=flops_reduction)
 

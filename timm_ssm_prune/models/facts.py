@@ -1,0 +1,83 @@
+"""The facts of every model this package registers, in one table.
+
+Read by the model files (pretrained cfgs: weight sources and notes; the default schedules of the ``*_pruned``
+names), by ``hub.py`` (config.json and model cards) and by the README's model table, which
+``hub.model_table_markdown()`` renders from it (``tests/test_facts.py`` fails when the README drifts).
+
+Published numbers carry their source. ``top1`` of an upstream model is the ImageNet-1k top-1 its authors report
+for the released checkpoint; ``top1`` of a model trained here is measured on the Animal-MNIST validation split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+__all__ = ['ModelFacts', 'FACTS', 'PUBLISHED_TOP', 'pruned_defaults']
+
+PM_SOURCE = 'PlainMamba README (github.com/ChenhongyiYang/PlainMamba), ImageNet-1k val'
+VIM_SOURCE = 'Vim README (github.com/hustvl/Vim), ImageNet-1k val'
+MINI_SOURCE = 'measured here: Animal-MNIST validation split (2,000 images), benchmarks/RESULTS.md'
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    display: str                                   # the model's name in prose
+    top1: Optional[float]                          # dense top-1 (%) of the default weights
+    top1_source: str                               # where that number comes from
+    hub: Optional[Tuple[str, str]] = None          # (Hugging Face repo, file) of the upstream weights
+    shipped: bool = False                          # weights trained here, inside the package
+    pruned: Optional[Dict] = field(default=None)   # default schedule of the ``*_pruned`` name, if registered
+    pruned_note: str = ''                          # how that schedule was chosen
+
+    @property
+    def weights(self) -> str:
+        """Where ``pretrained=True`` takes the weights from, in words."""
+        if self.shipped:
+            return f"shipped: Animal-MNIST, {self.top1} % top-1"
+        return f"`{self.hub[0]}` `{self.hub[1]}`"
+
+
+_PM_PRUNED_NOTE = ("three evenly spaced stages, one keep rate solved with this package's FLOPs counter for -41.6 % "
+                   "FLOPs at 224 (the paper's PlainMamba-L3 figure)")
+_VIM_PRUNED_NOTE = "the paper's schedule"
+
+FACTS: Dict[str, ModelFacts] = {
+    'plainmamba_l1': ModelFacts('PlainMamba-L1', 77.9, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l1.pth'),
+                                pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.433), pruned_note=_PM_PRUNED_NOTE),
+    'plainmamba_l2': ModelFacts('PlainMamba-L2', 81.6, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l2.pth'),
+                                pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.522), pruned_note=_PM_PRUNED_NOTE),
+    'plainmamba_l3': ModelFacts('PlainMamba-L3', 82.3, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l3.pth'),
+                                pruned=dict(prune_layers=(9, 18, 27), keep_rate=0.576), pruned_note=_PM_PRUNED_NOTE),
+    'plainmamba_mini': ModelFacts('PlainMamba-mini', 87.75, MINI_SOURCE, shipped=True),
+    'vim_tiny_patch16_224': ModelFacts(
+        'Vim-Ti', 76.1, VIM_SOURCE, ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
+        pruned=dict(prune_layers=(10, 20), keep_rate=0.8), pruned_note=_VIM_PRUNED_NOTE),
+    'vim_small_patch16_224': ModelFacts(
+        'Vim-S', 80.5, VIM_SOURCE, ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
+        pruned=dict(prune_layers=(5, 10, 15), keep_rate=0.8), pruned_note=_VIM_PRUNED_NOTE),
+    'vim_base_patch16_224': ModelFacts(
+        'Vim-B', 81.9, VIM_SOURCE, ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
+        pruned=dict(prune_layers=(5, 10, 15), keep_rate=0.8), pruned_note=_VIM_PRUNED_NOTE),
+    'vim_tiny_patch16_stride8_224': ModelFacts(
+        'Vim-Ti+ (stride-8 fine-tune)', 78.3, VIM_SOURCE,
+        ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_ft_78p3acc.pth')),
+    'vim_small_patch16_stride8_224': ModelFacts(
+        'Vim-S+ (stride-8 fine-tune)', 81.6, VIM_SOURCE,
+        ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth')),
+    'vim_mini': ModelFacts('Vim-mini', 77.95, MINI_SOURCE, shipped=True),
+}
+
+# ToP's published results (arXiv:2409.18962), after the paper's 30-epoch fine-tune of the pruned model.
+PUBLISHED_TOP = {
+    'vim_tiny_patch16_224_pruned': dict(top1=75.1, flops='1.29 GFLOPs', schedule='after blocks 10 and 20, keep 0.8'),
+    'vim_small_patch16_224_pruned': dict(top1=78.8, flops='3.60 GFLOPs',
+                                         schedule='after blocks 5, 10 and 15, keep 0.8'),
+    'plainmamba_l3_pruned': dict(top1=81.7, flops='41.6 % fewer FLOPs than dense',
+                                 schedule='stage positions not published'),
+}
+
+
+def pruned_defaults(prefix: str) -> Dict[str, Dict]:
+    """Default schedules of a family's ``*_pruned`` names, keyed by variant (``'l1'``, ``'small'``, ...)."""
+    return {name[len(prefix):].split('_')[0]: f.pruned for name, f in FACTS.items()
+            if name.startswith(prefix) and f.pruned}

@@ -57,7 +57,7 @@ TOP_PAPER = dict(
 FAMILIES = {
     'plainmamba': dict(
         title='PlainMamba', arxiv='2403.17695', origin='https://github.com/ChenhongyiYang/PlainMamba',
-        tag='plainmamba', results_source='PlainMamba README (github.com/ChenhongyiYang/PlainMamba), ImageNet-1k val',
+        tag='plainmamba',
         what='a non-hierarchical (isotropic) vision Mamba: a convolutional stem, then blocks of selective-scan '
              'mixers that scan the token grid in four zig-zag directions, mean pooling and a linear head',
         bibtex="""@inproceedings{yang2024plainmamba,
@@ -71,7 +71,7 @@ FAMILIES = {
 }"""),
     'vim': dict(
         title='Vision Mamba', arxiv='2401.09417', origin='https://github.com/hustvl/Vim',
-        tag='vision-mamba', results_source='Vim README (github.com/hustvl/Vim), ImageNet-1k val',
+        tag='vision-mamba',
         what='a plain vision Mamba: patch embedding with a class token in the middle of the sequence, blocks of '
              'bidirectional (forward + backward) selective-scan mixers, and a linear head on the class token',
         bibtex="""@inproceedings{zhu2024vim,
@@ -452,7 +452,7 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
     out.append("## Results\n")
     rows = []
     if base in PUBLISHED_TOP1:
-        rows.append(f"| {display} dense (upstream weights) | {PUBLISHED_TOP1[base]} | {fam['results_source']} |")
+        rows.append(f"| {display} dense (upstream weights) | {PUBLISHED_TOP1[base]} | {FACTS[base].top1_source} |")
     if arch in PUBLISHED_TOP:
         p = PUBLISHED_TOP[arch]
         rows.append(f"| {display} + ToP, fine-tuned 30 epochs ({p['schedule']}; {p['flops']}) | {p['top1']} | "

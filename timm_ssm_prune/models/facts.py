@@ -27,7 +27,6 @@ class ModelFacts:
     hub: Optional[Tuple[str, str]] = None          # (Hugging Face repo, file) of the upstream weights
     shipped: bool = False                          # weights trained here, inside the package
     pruned: Optional[Dict] = field(default=None)   # default schedule of the ``*_pruned`` name, if registered
-    pruned_note: str = ''                          # how that schedule was chosen
 
     @property
     def weights(self) -> str:
@@ -37,27 +36,27 @@ class ModelFacts:
         return f"`{self.hub[0]}` `{self.hub[1]}`"
 
 
-_PM_PRUNED_NOTE = ("three evenly spaced stages, one keep rate solved with this package's FLOPs counter for -41.6 % "
-                   "FLOPs at 224 (the paper's PlainMamba-L3 figure)")
-_VIM_PRUNED_NOTE = "the paper's schedule"
+# Default schedules of the *_pruned names. PlainMamba: three evenly spaced stages, one keep rate solved with this
+# package's FLOPs counter for -41.6 % FLOPs at 224 (the paper's PlainMamba-L3 figure; tests/test_pruning.py checks
+# it). Vim: the paper's schedules.
 
 FACTS: Dict[str, ModelFacts] = {
     'plainmamba_l1': ModelFacts('PlainMamba-L1', 77.9, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l1.pth'),
-                                pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.433), pruned_note=_PM_PRUNED_NOTE),
+                                pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.433)),
     'plainmamba_l2': ModelFacts('PlainMamba-L2', 81.6, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l2.pth'),
-                                pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.522), pruned_note=_PM_PRUNED_NOTE),
+                                pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.522)),
     'plainmamba_l3': ModelFacts('PlainMamba-L3', 82.3, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l3.pth'),
-                                pruned=dict(prune_layers=(9, 18, 27), keep_rate=0.576), pruned_note=_PM_PRUNED_NOTE),
+                                pruned=dict(prune_layers=(9, 18, 27), keep_rate=0.576)),
     'plainmamba_mini': ModelFacts('PlainMamba-mini', 87.75, MINI_SOURCE, shipped=True),
     'vim_tiny_patch16_224': ModelFacts(
         'Vim-Ti', 76.1, VIM_SOURCE, ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
-        pruned=dict(prune_layers=(10, 20), keep_rate=0.8), pruned_note=_VIM_PRUNED_NOTE),
+        pruned=dict(prune_layers=(10, 20), keep_rate=0.8)),
     'vim_small_patch16_224': ModelFacts(
         'Vim-S', 80.5, VIM_SOURCE, ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
-        pruned=dict(prune_layers=(5, 10, 15), keep_rate=0.8), pruned_note=_VIM_PRUNED_NOTE),
+        pruned=dict(prune_layers=(5, 10, 15), keep_rate=0.8)),
     'vim_base_patch16_224': ModelFacts(
         'Vim-B', 81.9, VIM_SOURCE, ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
-        pruned=dict(prune_layers=(5, 10, 15), keep_rate=0.8), pruned_note=_VIM_PRUNED_NOTE),
+        pruned=dict(prune_layers=(5, 10, 15), keep_rate=0.8)),
     'vim_tiny_patch16_stride8_224': ModelFacts(
         'Vim-Ti+ (stride-8 fine-tune)', 78.3, VIM_SOURCE,
         ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_ft_78p3acc.pth')),

@@ -130,7 +130,8 @@ def _bad_files(tmp: Path):
     torch.save([1, 2, 3], tmp / 'list.pth')
     files['a pickled list'] = (tmp / 'list.pth', 'is not a checkpoint')
     save_file(timm.create_model('vim_mini', **dict(VIM_KW, num_classes=5)).state_dict(), str(tmp / 'head5.safetensors'))
-    files['head size'] = (tmp / 'head5.safetensors', r'has a 5-class head, the model has 3 classes: pass --num-classes 5')
+    files['head size'] = (tmp / 'head5.safetensors',
+                          'has a 5-class head, the model has 3 classes: pass --num-classes 5')
     save_file(timm.create_model('plainmamba_mini', **PM_KW).state_dict(), str(tmp / 'pm.safetensors'))
     files['PlainMamba checkpoint to a Vim'] = (tmp / 'pm.safetensors', 'is a PlainMamba checkpoint, but --model '
                                                                          'vim_mini is a Vim model')
@@ -159,7 +160,8 @@ CASES = ['truncated .pth', 'truncated .safetensors', 'not a checkpoint', 'a pick
 @pytest.mark.parametrize('command', ['validate', 'train', 'benchmark', 'visualize', 'flops'])
 def test_bad_checkpoint_is_one_error_line(bad_files, data, tmp_path, capsys, case, command):
     path, match = bad_files[case]
-    extra = {'validate': ['--data-dir', str(data)], 'visualize': ['--data-dir', str(data), '-o', str(tmp_path / 'k.png')],
+    extra = {'validate': ['--data-dir', str(data)],
+             'visualize': ['--data-dir', str(data), '-o', str(tmp_path / 'k.png')],
              'train': ['--data-dir', str(data), '--output', str(tmp_path), '--epochs', '1'],
              'benchmark': [], 'flops': []}[command]
     kw = ['prune_layers=(1,)', 'keep_rate=0.5'] if command in ('benchmark', 'visualize') else []
@@ -203,6 +205,31 @@ def test_pretrained_failure_is_one_error_line(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith('timm-ssm-prune flops: error: cannot load the pretrained weights of '
                                                f'local-dir:{folder}'), err
+
+
+# ------------------------------------------------------------------------------------------------ convert
+
+@pytest.mark.parametrize('known', [True, False])
+def test_convert_card_claims_only_for_known_releases(tmp_path, capsys, known):
+    from timm_ssm_prune import hub
+    shipped = ROOT / 'timm_ssm_prune' / 'weights' / 'vim_mini.animal_mnist.safetensors'
+    if known:
+        src = shipped
+    else:  # the same architecture, other weights
+        src = tmp_path / 'mine.safetensors'
+        save_file(timm.create_model('vim_mini').state_dict(), str(src))
+    out = tmp_path / 'conv'
+    assert main(['convert', '--model', 'vim_mini', '--checkpoint', str(src), '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    card = (out / 'README.md').read_text()
+    meta = hub.parse_front_matter(card)
+    if known:
+        assert meta['datasets'] == ['animal-mnist'] and '77.95' in card and 'trained on Animal-MNIST' in card
+        assert 'user-supplied' not in card and 'release shipped with timm-ssm-prune' in printed
+    else:
+        assert not meta.get('datasets') and 'user-supplied weights' in card and 'user-supplied' in printed
+        for claim in ('77.95', 'Animal-MNIST (10', 'trained on Animal-MNIST', 'ImageNet', 'training-free'):
+            assert claim not in card, claim
 
 
 # ------------------------------------------------------------------------------------------------ entry point

@@ -331,7 +331,7 @@ def _nondefault_args(arch: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
 
 def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None, *,
                       weights: Optional[str] = None, repo_id: Optional[str] = None,
-                      converted_from: Optional[str] = None) -> str:
+                      converted_from: Optional[str] = None, known_weights: bool = True) -> str:
     """The ``README.md`` model card of ``model`` (built by ``timm.create_model``).
 
     Args:
@@ -339,6 +339,8 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
         weights: Markdown saying where the weights come from (default: the registry's pretrained cfg source).
         repo_id: Hub repo the folder is (or will be) published as, for the usage snippet.
         converted_from: for a converted folder, a line about the upstream file it was converted from.
+        known_weights: False for weights that are not a known release (``convert`` of a file whose sha256 matches
+            none): the card then makes no dataset, training or accuracy claim ("user-supplied weights").
     """
     config = config or hub_config(model)
     arch = config['architecture']
@@ -353,6 +355,8 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
     mini = 'animal_mnist' in tag
     dataset_id = 'animal-mnist' if mini else 'imagenet-1k'
     dataset_name = 'Animal-MNIST (10 classes, 28x28 grey)' if mini else 'ImageNet-1k'
+    if not known_weights:
+        dataset_name = 'not stated (user-supplied weights)'
     license_id = str(pcfg.get('license') or 'apache-2.0')
     tags = list(CARD_TAGS) + [fam['tag']] + (['token-pruning'] if pc.enabled else [])
     nondefault = _nondefault_args(arch, config.get('model_args') or {})
@@ -360,19 +364,21 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
     top_url = f"https://arxiv.org/abs/{TOP_PAPER['arxiv']}"
     fam_url = f"https://arxiv.org/abs/{fam['arxiv']}"
 
-    out: List[str] = [front_matter(license_id, [dataset_id], tags)]
+    fm = front_matter(license_id, [dataset_id] if known_weights else [], tags)
+    out: List[str] = [fm if known_weights else fm.replace('datasets:\n', '')]
     out.append(f"# Model card for {arch}\n")
     c, h, w = facts['input_size']
     intro = (f"{display}: {fam['title']} ([arXiv:{fam['arxiv']}]({fam_url})), {fam['what']}.")
     if mini:
         intro += (f" This small configuration is defined by timm-ssm-prune for {h}x{w} grey images "
-                  f"({counts_str(model)} tokens) and trained on Animal-MNIST.")
+                  f"({counts_str(model)} tokens)" + (" and trained on Animal-MNIST." if known_weights else "."))
     if pc.enabled:
         intro += (f" This variant adds token pruning as in *{TOP_PAPER['name']}* ({TOP_PAPER['short']}, "
                   f"[arXiv:{TOP_PAPER['arxiv']}]({top_url})): after the configured blocks the least important "
                   f"patch tokens (scored on the block's SSM output) are dropped and every later block runs only on "
                   f"the kept ones, which keep their positions in each scan (hidden-state alignment). Pruning adds no "
-                  f"parameters: the model runs the dense weights, training-free (no fine-tuning here).")
+                  f"parameters" + (": the model runs the dense weights, training-free (no fine-tuning here)."
+                                   if known_weights else "."))
     elif arch.endswith('_pruned'):
         intro += " Token pruning is switched off in this configuration (`prune_layers=[]`)."
     else:
@@ -404,8 +410,9 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
         f"- **Original:** {fam['origin']}",
         f"- **Weights:** {weights or weights_source(pcfg)}" + (_vim_entry_note(tag) if fam_key == 'vim' and
                                                                pcfg.get('hf_hub_id') and not weights else ''),
-        f"- **License:** {license_id}" + (" (weights trained by timm-ssm-prune; Animal-MNIST data is MIT-licensed)"
-                                          if mini else " (upstream weights' licence)"),
+        f"- **License:** {license_id}" + ((" (weights trained by timm-ssm-prune; Animal-MNIST data is MIT-licensed)"
+                                           if mini else " (upstream weights' licence)") if known_weights else
+                                          " (the code's licence; the weights' licence is their supplier's)"),
     ]
     if converted_from:
         details.append(f"- **Converted from:** {converted_from}")
@@ -451,29 +458,37 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
     # ---- results
     out.append("## Results\n")
     rows = []
+    if not known_weights:
+        out.append("None stated: these are user-supplied weights (their sha256 matches no release known to "
+                   "timm-ssm-prune), so no dataset or accuracy is claimed for them. Measure them with "
+                   "`timm-ssm-prune validate --model local-dir:DIR --pretrained --data-dir ...`.\n")
+        if nondefault:
+            out.append(f"**Note:** this model was built with non-default arguments "
+                       f"`{json.dumps(nondefault, sort_keys=True)}`.\n")
+        nondefault = {}
     if base in PUBLISHED_TOP1:
         rows.append(f"| {display} dense (upstream weights) | {PUBLISHED_TOP1[base]} | {FACTS[base].top1_source} |")
     if arch in PUBLISHED_TOP:
         p = PUBLISHED_TOP[arch]
         rows.append(f"| {display} + ToP, fine-tuned 30 epochs ({p['schedule']}; {p['flops']}) | {p['top1']} | "
                     f"ToP paper, arXiv:{TOP_PAPER['arxiv']} |")
-    if rows:
+    if rows and known_weights:
         out.append("| model | ImageNet-1k top-1 (%) | source |\n|---|---|---|\n" + '\n'.join(rows) + "\n")
-    if mini:
+    if mini and known_weights:
         acc = MINI_TOP1.get(base)
         out.append("Trained from scratch by timm-ssm-prune on the 8,000-image Animal-MNIST train split for 6 epochs "
                    "(`benchmarks/train_animal_mnist.sh`)"
                    + (f": top-1 **{acc} %** on the 2,000-image validation split (dense)" if acc else '')
                    + ". Pruned accuracies, zero-shot and fine-tuned, are in the repository's "
                    "`benchmarks/RESULTS.md`.\n")
-    if pc.enabled and not mini:
+    if pc.enabled and not mini and known_weights:
         note = ("The pruned defaults of timm-ssm-prune are **training-free**: they run the dense upstream weights "
                 "unchanged. Published ToP accuracies are after the paper's 30-epoch fine-tune of the pruned model "
                 "and were **not reproduced here**; expect lower accuracy without that fine-tune.")
         if arch not in PUBLISHED_TOP:
             note += " The ToP paper reports no result for this model."
         out.append(note + "\n")
-    elif not mini and rows:
+    elif not mini and rows and known_weights:
         out.append("Published figures of the upstream checkpoint; not re-measured by timm-ssm-prune.\n")
     if nondefault:
         out.append(f"**Note:** this model was built with non-default arguments "

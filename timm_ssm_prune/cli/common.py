@@ -517,6 +517,7 @@ def create_eval_loader(args, model, split: Optional[str] = None, batch_size: Opt
         interpolation=cfg['interpolation'], mean=cfg['mean'], std=cfg['std'], crop_pct=cfg['crop_pct'],
         crop_mode=cfg.get('crop_mode'), num_workers=args.workers, use_prefetcher=False,
         device=torch.device(args.device), distributed=getattr(args, 'distributed', False),
+        persistent_workers=args.workers > 0,
     )
     if args.num_samples and args.num_samples < len(ds):  # evenly spread, so every class stays represented
         n = args.num_samples

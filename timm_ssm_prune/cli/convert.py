@@ -145,6 +145,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def known_releases() -> Dict[str, str]:
+    """sha256 -> description of the weight files whose provenance this package knows: the Animal-MNIST weights it
+    ships (``timm_ssm_prune/weights/``). A converted file matching none is "user-supplied"."""
+    out = {}
+    for path in sorted((Path(__file__).resolve().parent.parent / 'weights').glob('*.safetensors')):
+        out[sha256(path)] = f"the {path.name} release shipped with timm-ssm-prune (trained on Animal-MNIST)"
+    return out
+
+
 def fixed_input(model: torch.nn.Module, batch: int = 2) -> Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randn(batch, model.in_chans, *model.img_size, generator=g)
@@ -201,10 +210,15 @@ def run(args) -> int:
 
     config = hub.hub_config(model)
     digest = sha256(src)
-    upstream = hub.weights_source(model.pretrained_cfg) if model.pretrained_cfg.get('hf_hub_id') else None
-    converted_from = f"`{src.name}` (sha256 `{digest}`)" + (f"; upstream: {upstream}" if upstream else '')
+    release = known_releases().get(digest)
+    if release:
+        converted_from = f"`{src.name}` (sha256 `{digest}`): {release}"
+    else:
+        converted_from = (f"`{src.name}` (sha256 `{digest}`): user-supplied weights (the sha256 matches no known "
+                          f"release, so the card states no dataset or accuracy)")
+    print(f"weights: {release or 'user-supplied (the sha256 matches no known release; no dataset/accuracy claim)'}")
     card = hub.render_model_card(model, config, weights="`model.safetensors` in this folder (native timm keys)",
-                                 repo_id=args.repo_id, converted_from=converted_from)
+                                 repo_id=args.repo_id, converted_from=converted_from, known_weights=bool(release))
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(export_state_dict(model), str(out / 'model.safetensors'), metadata={'format': 'pt'})

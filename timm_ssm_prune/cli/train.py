@@ -251,6 +251,7 @@ def run(args):
         re_prob=args.reprob, scale=args.scale, ratio=args.ratio, hflip=args.hflip, color_jitter=args.color_jitter,
         auto_augment=args.aa, interpolation=cfg['interpolation'], mean=cfg['mean'], std=cfg['std'],
         num_workers=args.workers, distributed=args.distributed, use_prefetcher=False, device=dev,
+        persistent_workers=args.workers > 0,
     )
     loader_val = None
     if not args.no_val:

@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -84,10 +85,12 @@ def run_job(job: dict, work: Path) -> dict:
         res = json.loads(out.read_text())
     else:
         out_dir = work / 'runs' / key
+        shutil.rmtree(out_dir, ignore_errors=True)  # a crashed earlier try (train never writes into an existing run)
         cmd = base + ['train', '--model', job['model'], '--pretrained', '--data-dir', 'animal-mnist',
                       '--epochs', str(job['epochs']), '--lr', str(job['lr']), '--warmup-epochs', '0', '-b', '64',
                       '--weight-decay', '0.05', '--scale', '0.6', '1.0', '--hflip', '0.5', '--smoothing', '0.1',
-                      '--seed', str(job['seed']), '--output', str(out_dir), '--no-progress'] + \
+                      '--seed', str(job['seed']), '--output', str(out_dir.parent), '--experiment', out_dir.name,
+                      '--no-progress'] + \
             (['--model-kwargs', *kw] if kw else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:

@@ -1,6 +1,6 @@
 """Diagnostic: where should Vim's class token sit after pruning?
 
-The package (as method.md and the paper's code) re-inserts the class token exactly in the middle of the kept
+The package (as docs/method.md §3 and the paper's code) re-inserts the class token exactly in the middle of the kept
 sequence. This script compares that with keeping it at its original raster place (between the kept patches
 whose raster index is below and above the dense middle), on the shipped vim_mini, zero-shot, on the
 Animal-MNIST val split. It re-runs the model's own blocks sample by sample (the class token's place differs per

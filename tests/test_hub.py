@@ -3,7 +3,7 @@ upstream-format checkpoints, `convert` (official file -> verified safetensors fo
 `local-dir:` round trip of converted (pruned) folders, the pickle allow-list, and `push` (validation, dry run,
 token handling, the upload calls) with huggingface_hub patched so that nothing reaches the network.
 
-Official checkpoints are built here from the key names of architectures.md §A3 (PlainMamba, mmcls envelope)
+Official checkpoints are built here from the key names of docs/architectures.md §A3 (PlainMamba, mmcls envelope)
 and §B3 (Vim, {'model', 'model_ema', 'args': argparse.Namespace, ...}), with tiny widths.
 """
 import argparse
@@ -45,7 +45,8 @@ def _gen(seed):
 
 
 def pm_official_sd(D=32, depth=4, num_convs=1, dwconv=(0,), stem=64, num_classes=1000, pos_rows=196, seed=0):
-    """mmcls PlainMamba state_dict (spec §A3 key names): backbone.* + head.fc.*, random well-scaled values."""
+    """mmcls PlainMamba state_dict (docs/architectures.md §A3 key names): backbone.* + head.fc.*, random
+    well-scaled values."""
     g = _gen(seed)
     E, R = 2 * D, math.ceil(D / 16)
 
@@ -93,7 +94,7 @@ def pm_envelope(sd, meta_extra=None):
 
 
 def vim_official_sd(D=32, depth=4, num_patches=16, num_classes=1000, seed=0):
-    """ck['model'] of an official Vim checkpoint (spec §B3 key names)."""
+    """ck['model'] of an official Vim checkpoint (docs/architectures.md §B3 key names)."""
     g = _gen(seed)
     E, R = 2 * D, math.ceil(D / 16)
 

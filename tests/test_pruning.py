@@ -318,7 +318,7 @@ def test_model_blocks_after_a_stage_see_exactly_the_kept_tokens():
         (h, r), layout = dense._embed(x)
         for i in range(2):
             h, r, ssm = dense.layers[i](h, r, layout, True)
-        scores = torch.cat([ssm[:, :8], ssm[:, 9:]], 1)
+        scores = torch.cat([ssm.y[:, :8], ssm.y[:, 9:]], 1)
         scores = scores.clamp_min(0).sum(-1)
         keep = torch.sort(torch.sort(scores, descending=True, stable=True).indices[:, :8]).values
         def take(t):
@@ -349,7 +349,7 @@ def test_dense_features_fill_pruned_positions_from_their_stage():
 def test_vim_small_token_counts():
     m = timm.create_model('vim_small_patch16_224_pruned')
     patches = m.token_counts()
-    # method.md §1: k = ceil(keep_rate * n_alive) over the patch tokens; the class token is never pruned.
+    # docs/method.md §1: k = ceil(keep_rate * n_alive) over the patch tokens; the class token is never pruned.
     assert patches == [196, math.ceil(0.8 * 196), math.ceil(0.8 * 157), math.ceil(0.8 * 126)] == [196, 157, 126, 101]
     assert [p + 1 for p in patches] == [197, 158, 127, 102]  # sequence length incl. the class token
     assert timm.create_model('vim_tiny_patch16_224_pruned').token_counts() == [196, 157, 126]

@@ -1,6 +1,6 @@
 """The 'decay' alignment's scan: a selective scan whose state also decays across pruned positions.
 
-Used by both model families after a pruning stage with ``alignment='decay'`` (docs/method.md, "decay"). Before
+Used by both model families after a pruning stage with ``alignment='decay'`` (docs/method.md §5). Before
 each kept token the dense scan would have passed ``g`` pruned positions; their inputs are gone, but the state
 would still have decayed through them. With the token-independent step ``Δ̄ = softplus(gap_bias)`` that decay
 is folded into the kept token's step:

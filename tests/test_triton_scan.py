@@ -127,7 +127,11 @@ def test_fp32_gradients_and_strided_inputs_match_torch_path():
     out_t = selective_scan(*ins_t, backend='torch')
     torch.testing.assert_close(out, out_t, rtol=1e-5, atol=1e-5)
     gy = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, ins, gy), torch.autograd.grad(out_t, ins_t, gy)):
+    for a, b in zip(torch.autograd.grad(out, ins, gy, retain_graph=True),
+                    torch.autograd.grad(out_t, ins_t, gy, retain_graph=True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # .sum() hands the backward an expanded (stride 0) gradient
+    for a, b in zip(torch.autograd.grad(out.sum(), ins), torch.autograd.grad(out_t.sum(), ins_t)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 

@@ -107,6 +107,7 @@ if triton is not None:
     def _scan_fwd_kernel(
             u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ord_ptr, bs_ptr,
             out_ptr, acc_ptr, st_ptr,
+            ob, oe, ol,
             su_s, su_b, su_e, su_l,
             sd_s, sd_b, sd_e, sd_l,
             sa_s, sa_e, sa_n,
@@ -129,31 +130,41 @@ if triton is not None:
         nm = n < N
         m2 = em[:, None] & nm[None, :]
         g = (pe * BLOCK_E) // EG  # BLOCK_E divides EG (or there is one group): one group per program
-        row = b * E * L + e.to(tl.int64) * L  # (B, E, L) contiguous outputs
+        row = b * ob + e.to(tl.int64) * oe  # out and acc: (B, E, L), strides (ob, oe, ol)
         for s in range(S):
-            A = tl.load(A_ptr + s * sa_s + e[:, None] * sa_e + n[None, :] * sa_n, mask=m2, other=0.0).to(FDT)
+            s64 = b * 0 + s  # int64: s * (a direction's stride) may pass 2**31
+            A = tl.load(A_ptr + s64 * sa_s + e[:, None] * sa_e + n[None, :] * sa_n, mask=m2, other=0.0).to(FDT)
             if HAS_D:
-                Dv = tl.load(D_ptr + s * sD_s + e, mask=em, other=0.0).to(FDT)
+                Dv = tl.load(D_ptr + s64 * sD_s + e, mask=em, other=0.0).to(FDT)
             if HAS_BIAS:
-                bias = tl.load(bias_ptr + s * sbias_s + e, mask=em, other=0.0).to(FDT)
-            u_base = u_ptr + s * su_s + b * su_b + e * su_e
-            d_base = dt_ptr + s * sd_s + b * sd_b + e * sd_e
-            B_base = B_ptr + s * sB_s + b * sB_b + g * sB_g + n * sB_n
-            C_base = C_ptr + s * sC_s + b * sC_b + g * sC_g + n * sC_n
+                bias = tl.load(bias_ptr + s64 * sbias_s + e, mask=em, other=0.0).to(FDT)
+            u_base = u_ptr + s64 * su_s + b * su_b + e * su_e
+            d_base = dt_ptr + s64 * sd_s + b * sd_b + e * sd_e
+            B_base = B_ptr + s64 * sB_s + b * sB_b + g * sB_g + n * sB_n
+            C_base = C_ptr + s64 * sC_s + b * sC_b + g * sC_g + n * sC_n
             h = tl.zeros((BLOCK_E, BLOCK_N), dtype=FDT)
             for c in range(NC):
-                st = st_ptr + (((s * tl.num_programs(0) + b) * NC + c) * E + e[:, None]) * N + n[None, :]
+                st = st_ptr + (((s64 * tl.num_programs(0) + b) * NC + c) * E + e[:, None]) * N + n[None, :]
                 tl.store(st, h, mask=m2)
                 t0 = c * CHUNK
                 t1 = tl.minimum(t0 + CHUNK, L)
                 for t in range(t0, t1):
                     if HAS_ORDER:
-                        p = tl.load(ord_ptr + s * so_s + b * so_b + t * so_l)
+                        p = tl.load(ord_ptr + s64 * so_s + b * so_b + t * so_l)
                     else:
                         p = t
-                    td = p if DT_GATHER else t
-                    tb = p if B_GATHER else t
-                    tc = p if C_GATHER else t
+                    if DT_GATHER:
+                        td = p
+                    else:
+                        td = t
+                    if B_GATHER:
+                        tb = p
+                    else:
+                        tb = t
+                    if C_GATHER:
+                        tc = p
+                    else:
+                        tc = t
                     uv = tl.load(u_base + p * su_l, mask=em, other=0.0).to(FDT)
                     dt = tl.load(d_base + td * sd_l, mask=em, other=0.0).to(FDT)
                     if HAS_BIAS:
@@ -162,7 +173,7 @@ if triton is not None:
                         dt = _softplus(dt)
                     Bv = tl.load(B_base + tb * sB_l, mask=nm, other=0.0).to(FDT)
                     if HAS_BSTEP:
-                        Bv += tl.load(bs_ptr + s * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
+                        Bv += tl.load(bs_ptr + s64 * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
                                       mask=nm, other=0.0).to(FDT)
                     Cv = tl.load(C_base + tc * sC_l, mask=nm, other=0.0).to(FDT)
                     h = tl.exp(dt[:, None] * A) * h + (dt * uv)[:, None] * Bv[None, :]
@@ -171,12 +182,12 @@ if triton is not None:
                         y += Dv * uv
                     last = s == S - 1
                     if ACC:  # directions summed in a fixed order through an fp32/fp64 buffer
-                        y += tl.load(acc_ptr + row + p, mask=em & (s > 0), other=0.0)
-                        tl.store(acc_ptr + row + p, y, mask=em & (s < S - 1))
+                        y += tl.load(acc_ptr + row + p * ol, mask=em & (s > 0), other=0.0)
+                        tl.store(acc_ptr + row + p * ol, y, mask=em & (s < S - 1))
                     if HAS_Z:
                         zv = tl.load(z_ptr + b * sz_b + e * sz_e + p * sz_l, mask=em & last, other=0.0).to(FDT)
                         y = y * zv * _sigmoid(zv)
-                    tl.store(out_ptr + row + p, y.to(out_ptr.dtype.element_ty), mask=em & last)
+                    tl.store(out_ptr + row + p * ol, y.to(out_ptr.dtype.element_ty), mask=em & last)
             tl.debug_barrier()  # the next direction reads what this one accumulated
 
     @triton.jit
@@ -184,6 +195,7 @@ if triton is not None:
             u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ord_ptr, bs_ptr,
             gout_ptr, st_ptr, scr_ptr,
             gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gbs_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr,
+            gob, goe, gol, xb, xe, xl,
             su_s, su_b, su_e, su_l,
             sd_s, sd_b, sd_e, sd_l,
             sa_s, sa_e, sa_n,
@@ -208,24 +220,26 @@ if triton is not None:
         nm = n < N
         m2 = em[:, None] & nm[None, :]
         g = (pe * BLOCK_E) // EG
-        row = b * E * L + e.to(tl.int64) * L
+        go_row = b * gob + e.to(tl.int64) * goe  # gout (B, E, L), strides (gob, goe, gol)
+        row = b * xb + e.to(tl.int64) * xe  # gu, gdt (per direction), gz: (B, E, L), strides (xb, xe, xl)
         # this program's scratch: CHUNK states (BLOCK_E, BLOCK_N)
         scr = scr_ptr + ((b * tl.num_programs(1) + pe) * CHUNK * BLOCK_E + tl.arange(0, BLOCK_E)[:, None]) \
             * BLOCK_N + n[None, :]
         for s in range(S):
-            A = tl.load(A_ptr + s * sa_s + e[:, None] * sa_e + n[None, :] * sa_n, mask=m2, other=0.0).to(FDT)
+            s64 = b * 0 + s  # int64: s * (a direction's stride) may pass 2**31
+            A = tl.load(A_ptr + s64 * sa_s + e[:, None] * sa_e + n[None, :] * sa_n, mask=m2, other=0.0).to(FDT)
             if HAS_D:
-                Dv = tl.load(D_ptr + s * sD_s + e, mask=em, other=0.0).to(FDT)
+                Dv = tl.load(D_ptr + s64 * sD_s + e, mask=em, other=0.0).to(FDT)
             if HAS_BIAS:
-                bias = tl.load(bias_ptr + s * sbias_s + e, mask=em, other=0.0).to(FDT)
-            u_base = u_ptr + s * su_s + b * su_b + e * su_e
-            d_base = dt_ptr + s * sd_s + b * sd_b + e * sd_e
-            B_base = B_ptr + s * sB_s + b * sB_b + g * sB_g + n * sB_n
-            C_base = C_ptr + s * sC_s + b * sC_b + g * sC_g + n * sC_n
-            gu_base = gu_ptr + s * gu_s + row
-            gd_base = gdt_ptr + s * gd_s + row
-            gB_base = gB_ptr + s * gB_s + b * gB_b + g * gB_g + n * L
-            gC_base = gC_ptr + s * gC_s + b * gC_b + g * gC_g + n * L
+                bias = tl.load(bias_ptr + s64 * sbias_s + e, mask=em, other=0.0).to(FDT)
+            u_base = u_ptr + s64 * su_s + b * su_b + e * su_e
+            d_base = dt_ptr + s64 * sd_s + b * sd_b + e * sd_e
+            B_base = B_ptr + s64 * sB_s + b * sB_b + g * sB_g + n * sB_n
+            C_base = C_ptr + s64 * sC_s + b * sC_b + g * sC_g + n * sC_n
+            gu_base = gu_ptr + s64 * gu_s + row
+            gd_base = gdt_ptr + s64 * gd_s + row
+            gB_base = gB_ptr + s64 * gB_s + b * gB_b + g * gB_g + n * L
+            gC_base = gC_ptr + s64 * gC_s + b * gC_b + g * gC_g + n * L
             gA_acc = tl.zeros((BLOCK_E, BLOCK_N), dtype=FDT)
             gD_acc = tl.zeros((BLOCK_E,), dtype=FDT)
             gb_acc = tl.zeros((BLOCK_E,), dtype=FDT)
@@ -236,16 +250,22 @@ if triton is not None:
                 t0 = c * CHUNK
                 t1 = tl.minimum(t0 + CHUNK, L)
                 # replay the chunk from its stored entry state; scratch[i] = state before step t0 + i
-                h = tl.load(st_ptr + (((s * nb + b) * NC + c) * E + e[:, None]) * N + n[None, :], mask=m2,
+                h = tl.load(st_ptr + (((s64 * nb + b) * NC + c) * E + e[:, None]) * N + n[None, :], mask=m2,
                             other=0.0).to(FDT)
                 for t in range(t0, t1):
                     tl.store(scr + (t - t0) * BLOCK_E * BLOCK_N, h)
                     if HAS_ORDER:
-                        p = tl.load(ord_ptr + s * so_s + b * so_b + t * so_l)
+                        p = tl.load(ord_ptr + s64 * so_s + b * so_b + t * so_l)
                     else:
                         p = t
-                    td = p if DT_GATHER else t
-                    tb = p if B_GATHER else t
+                    if DT_GATHER:
+                        td = p
+                    else:
+                        td = t
+                    if B_GATHER:
+                        tb = p
+                    else:
+                        tb = t
                     uv = tl.load(u_base + p * su_l, mask=em, other=0.0).to(FDT)
                     dt = tl.load(d_base + td * sd_l, mask=em, other=0.0).to(FDT)
                     if HAS_BIAS:
@@ -254,7 +274,7 @@ if triton is not None:
                         dt = _softplus(dt)
                     Bv = tl.load(B_base + tb * sB_l, mask=nm, other=0.0).to(FDT)
                     if HAS_BSTEP:
-                        Bv += tl.load(bs_ptr + s * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
+                        Bv += tl.load(bs_ptr + s64 * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
                                       mask=nm, other=0.0).to(FDT)
                     h = tl.exp(dt[:, None] * A) * h + (dt * uv)[:, None] * Bv[None, :]
                 tl.debug_barrier()
@@ -262,12 +282,21 @@ if triton is not None:
                     t = t1 - 1 - i
                     hprev = tl.load(scr + (t - t0) * BLOCK_E * BLOCK_N)
                     if HAS_ORDER:
-                        p = tl.load(ord_ptr + s * so_s + b * so_b + t * so_l)
+                        p = tl.load(ord_ptr + s64 * so_s + b * so_b + t * so_l)
                     else:
                         p = t
-                    td = p if DT_GATHER else t
-                    tb = p if B_GATHER else t
-                    tc = p if C_GATHER else t
+                    if DT_GATHER:
+                        td = p
+                    else:
+                        td = t
+                    if B_GATHER:
+                        tb = p
+                    else:
+                        tb = t
+                    if C_GATHER:
+                        tc = p
+                    else:
+                        tc = t
                     uv = tl.load(u_base + p * su_l, mask=em, other=0.0).to(FDT)
                     dt_raw = tl.load(d_base + td * sd_l, mask=em, other=0.0).to(FDT)
                     if HAS_BIAS:
@@ -278,13 +307,13 @@ if triton is not None:
                         dt = dt_raw
                     Bv = tl.load(B_base + tb * sB_l, mask=nm, other=0.0).to(FDT)
                     if HAS_BSTEP:
-                        Bv += tl.load(bs_ptr + s * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
+                        Bv += tl.load(bs_ptr + s64 * sbs_s + b * sbs_b + n * sbs_n + t * sbs_l,
                                       mask=nm, other=0.0).to(FDT)
                     Cv = tl.load(C_base + tc * sC_l, mask=nm, other=0.0).to(FDT)
                     dA = tl.exp(dt[:, None] * A)
                     dtu = dt * uv
                     h = dA * hprev + dtu[:, None] * Bv[None, :]
-                    go = tl.load(gout_ptr + row + p, mask=em, other=0.0).to(FDT)
+                    go = tl.load(gout_ptr + go_row + p * gol, mask=em, other=0.0).to(FDT)
                     if HAS_Z:
                         zv = tl.load(z_ptr + b * sz_b + e * sz_e + p * sz_l, mask=em, other=0.0).to(FDT)
                         sz = _sigmoid(zv)
@@ -293,9 +322,9 @@ if triton is not None:
                         if HAS_D:
                             ys += Dv * uv
                         # Σ_s y_s accumulates in the gz buffer; the last direction turns it into gz
-                        ys += tl.load(gz_ptr + row + p, mask=em & (s > 0), other=0.0)
+                        ys += tl.load(gz_ptr + row + p * xl, mask=em & (s > 0), other=0.0)
                         gzv = tl.where(last, go * ys * sz * (1.0 + zv * (1.0 - sz)), ys)
-                        tl.store(gz_ptr + row + p, gzv, mask=em)
+                        tl.store(gz_ptr + row + p * xl, gzv, mask=em)
                     else:
                         gy = go
                     gy = tl.where(em, gy, 0.0)
@@ -315,17 +344,17 @@ if triton is not None:
                         gb_acc += gdt
                     carry = dA * lam
                     if U_RMW:
-                        gu += tl.load(gu_base + p, mask=em & (s > 0), other=0.0)
-                    tl.store(gu_base + p, gu, mask=em)
+                        gu += tl.load(gu_base + p * xl, mask=em & (s > 0), other=0.0)
+                    tl.store(gu_base + p * xl, gu, mask=em)
                     if D_RMW:
-                        gdt += tl.load(gd_base + td, mask=em & (s > 0), other=0.0)
-                    tl.store(gd_base + td, gdt, mask=em)
+                        gdt += tl.load(gd_base + td * xl, mask=em & (s > 0), other=0.0)
+                    tl.store(gd_base + td * xl, gdt, mask=em)
                     gBv = tl.sum(dtu[:, None] * lam, axis=0)
                     gCv = tl.sum(gy[:, None] * h, axis=0)
                     tl.atomic_add(gB_base + tb, gBv, mask=nm)
                     tl.atomic_add(gC_base + tc, gCv, mask=nm)
                     if HAS_BSTEP:
-                        tl.atomic_add(gbs_ptr + ((s * nb + b) * N + n) * L + t, gBv, mask=nm)
+                        tl.atomic_add(gbs_ptr + ((s64 * nb + b) * N + n) * L + t, gBv, mask=nm)
                 tl.debug_barrier()  # before the scratch is overwritten by the previous chunk
             # per (batch row, direction) partial sums of the parameter gradients
             tl.store(gA_ptr + ((b * S + s) * E + e[:, None]) * N + n[None, :], gA_acc, mask=m2)
@@ -365,6 +394,14 @@ def _num_warps(block_e: int, block_n: int) -> int:
     return max(1, min(8, block_e * block_n // 256))
 
 
+def _alloc_bel(lead, bsz, dim, length, dtype, device, channels_last):
+    """(*lead, B, E, L); with channels_last the memory is (*lead, B, L, E), as the models' (B, L, E) tensors
+    viewed as (B, E, L): the kernels' per-step stores over a block of channels are then contiguous."""
+    if channels_last:
+        return torch.empty((*lead, bsz, length, dim), dtype=dtype, device=device).transpose(-1, -2)
+    return torch.empty((*lead, bsz, dim, length), dtype=dtype, device=device)
+
+
 def _fdt(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -395,6 +432,10 @@ class _Problem:
         self.chunk = max(1, min(int(chunk), self.length))
         self.nc = math.ceil(self.length / self.chunk)
         self.grid = (self.bsz, math.ceil(self.dim / self.block_e))
+        self.channels_last = u.stride(3) != 1 and u.stride(2) == 1
+
+    def alloc(self, lead, dtype):
+        return _alloc_bel(lead, self.bsz, self.dim, self.length, dtype, self.u.device, self.channels_last)
 
     def _sstride(self, t: Optional[Tensor]) -> int:
         return 0 if t is None or t.shape[0] == 1 else t.stride(0)
@@ -431,24 +472,25 @@ class _Problem:
                 dummy if self.bstep is None else self.bstep]
 
     def forward(self):
-        out = torch.empty((self.bsz, self.dim, self.length), dtype=self.u.dtype, device=self.u.device)
-        acc = (torch.empty((self.bsz, self.dim, self.length), dtype=self.f, device=self.u.device)
-               if self.S > 1 else out)
+        out = self.alloc((), self.u.dtype)
+        acc = self.alloc((), self.f) if self.S > 1 else out
+        assert acc.stride() == out.stride()
         states = torch.empty((self.S, self.bsz, self.nc, self.dim, self.dstate), dtype=self.f, device=self.u.device)
         _scan_fwd_kernel[self.grid](
-            *self.ptrs(), out, acc, states, *self.common_args(), *self.sizes(), **self.flags(),
+            *self.ptrs(), out, acc, states, *out.stride(), *self.common_args(), *self.sizes(), **self.flags(),
             ACC=self.S > 1, num_warps=_num_warps(self.block_e, self.block_n))
         return out, states
 
     def backward(self, gout, states):
         dev, f = self.u.device, self.f
         bsz, dim, length, S = self.bsz, self.dim, self.length, self.S
-        gu = torch.empty((self.u.shape[0], bsz, dim, length), dtype=f, device=dev)
-        gdt = torch.empty((self.delta.shape[0], bsz, dim, length), dtype=f, device=dev)
+        gu = self.alloc((self.u.shape[0],), f)
+        gdt = self.alloc((self.delta.shape[0],), f)
         gB = torch.zeros(self.B.shape, dtype=f, device=dev)
         gC = torch.zeros(self.C.shape, dtype=f, device=dev)
         gbs = torch.zeros((S, bsz, self.dstate, length), dtype=f, device=dev) if self.bstep is not None else gu
-        gz = torch.empty((bsz, dim, length), dtype=f, device=dev) if self.z is not None else gu
+        gz = self.alloc((), f) if self.z is not None else gu[0]
+        assert gz.stride() == gu.stride()[1:] == gdt.stride()[1:]
         gA = torch.empty((bsz, S, dim, self.dstate), dtype=f, device=dev)
         gD = torch.empty((bsz, S, dim), dtype=f, device=dev) if self.D is not None else gA
         gbias = torch.empty((bsz, S, dim), dtype=f, device=dev) if self.bias is not None else gA
@@ -456,7 +498,7 @@ class _Problem:
                               dtype=f, device=dev)
         _scan_bwd_kernel[self.grid](
             *self.ptrs(), gout, states, scratch, gu, gdt, gB, gC, gbs, gz, gA, gD, gbias,
-            *self.common_args(),
+            *gout.stride(), *gz.stride(), *self.common_args(),
             gu.stride(0) if gu.shape[0] > 1 else 0, gdt.stride(0) if gdt.shape[0] > 1 else 0,
             gB.stride(0) if gB.shape[0] > 1 else 0, gB.stride(1), gB.stride(2),
             gC.stride(0) if gC.shape[0] > 1 else 0, gC.stride(1), gC.stride(2),
@@ -491,7 +533,7 @@ class _TritonScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, z, bias, order, bstep, states = ctx.saved_tensors
         softplus, step_order, chunk = ctx.cfg
         prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk)
-        grads = prob.backward(gout.contiguous(), states)
+        grads = prob.backward(gout, states)
         inputs = (u, delta, A, B, C, D, z, bias)
         out = []
         for gr, t in zip(grads[:8], inputs):

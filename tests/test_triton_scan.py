@@ -292,3 +292,30 @@ def test_gathered_bad_arguments(bad, match):
     kw.update(bad)
     with pytest.raises(ValueError, match=match):
         ts.selective_scan_gathered(**kw)
+
+
+@kernels
+def test_opcheck_and_compile_fullgraph():
+    """The kernels are torch.library ops: fake implementations match the real outputs (shapes, strides),
+    autograd is registered, and torch.compile(fullgraph=True) traces through both entry points."""
+    u, delta, A, B, C, order, D, z, bias, bstep = gathered_inputs(False, dtype=torch.float32)
+    xs = [t.to(DEV).requires_grad_() for t in (u, delta, A, B, C, D, z, bias, bstep)]
+    u, delta, A, B, C, D, z, bias, bstep = xs
+    order = order.to(DEV)
+    ct = lambda t: t.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731  ((B, L, E) memory)
+    op = torch.ops.timm_ssm_prune.triton_scan.default
+    torch.library.opcheck(op, (ct(u).unsqueeze(0), delta.unsqueeze(0), A.unsqueeze(0), B[None, :, None],
+                               C[None, :, None], D.unsqueeze(0), z, bias.unsqueeze(0), order, bstep,
+                               True, False, True, True, 3))
+
+    def fn(u, delta, z):
+        y = selective_scan(u * 2, delta, A, B, C, D, z, bias, True, backend='triton')
+        yg = ts.selective_scan_gathered(u, delta, A, B, C, order, D=D, z=z, delta_bias=bias, delta_softplus=True,
+                                        B_step=bstep, step_order=('delta', 'B', 'C'), backend='triton')
+        return y + yg
+
+    compiled = torch.compile(fn, backend='aot_eager', fullgraph=True)
+    out = compiled(u, delta, z)
+    torch.testing.assert_close(out, fn(u, delta, z))
+    out.sum().backward()
+    assert u.grad is not None and A.grad is not None and bstep.grad is not None

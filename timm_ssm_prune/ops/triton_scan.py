@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -50,6 +50,9 @@ try:  # never fatal: the package works without Triton
 except Exception as exc:  # ImportError, or a broken install
     triton = tl = None
     _IMPORT_ERROR = exc
+
+
+_STEP_NAMES = ('delta', 'B', 'C')
 
 
 def _interpreting() -> bool:
@@ -410,6 +413,14 @@ def _strides(t: Optional[Tensor], k: int):
     return (0,) * k if t is None else tuple(t.stride())
 
 
+def _resolve_chunk(S: int, length: int, chunk: Optional[int]) -> int:
+    """Steps between stored states: ~sqrt(S*L) balances the stored states (S*L/chunk) against the backward's
+    per-program scratch (chunk states)."""
+    if chunk is None:
+        chunk = max(4, math.ceil(math.sqrt(S * length)))
+    return max(1, min(int(chunk), max(1, length)))
+
+
 class _Problem:
     """Canonical views of one call: u/delta (Su, B, E, L), A (Sa, E, N), B/C (Sb, B, G, N, L), D/bias (Sx, E)."""
 
@@ -427,9 +438,7 @@ class _Problem:
         self.f = torch.float64 if (u.dtype == torch.float64 or A.dtype == torch.float64) else torch.float32
         self.block_n = _next_pow2(self.dstate)
         self.block_e = _block_e(self.bsz, self.dim, self.eg, self.groups, self.block_n, u.device)
-        if chunk is None:
-            chunk = max(4, math.ceil(math.sqrt(self.S * self.length)))
-        self.chunk = max(1, min(int(chunk), self.length))
+        self.chunk = _resolve_chunk(self.S, self.length, chunk)
         self.nc = math.ceil(self.length / self.chunk)
         self.grid = (self.bsz, math.ceil(self.dim / self.block_e))
         self.channels_last = u.stride(3) != 1 and u.stride(2) == 1
@@ -518,35 +527,91 @@ class _Problem:
                 gbs if self.bstep is not None else None)
 
 
-class _TritonScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk):
-        prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk)
-        out, states = prob.forward()
-        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, order, bstep, states)
-        ctx.cfg = (softplus, step_order, prob.chunk)
-        ctx.mark_non_differentiable(states)
-        return out
+# The kernels as torch.library ops (opaque to torch.compile, with fake implementations and an autograd formula),
+# like the PyTorch path's timm_ssm_prune::selective_scan.
 
-    @staticmethod
-    def backward(ctx, gout):
-        u, delta, A, B, C, D, z, bias, order, bstep, states = ctx.saved_tensors
-        softplus, step_order, chunk = ctx.cfg
-        prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk)
-        grads = prob.backward(gout, states)
-        inputs = (u, delta, A, B, C, D, z, bias)
-        out = []
-        for gr, t in zip(grads[:8], inputs):
-            out.append(None if gr is None or t is None else gr.to(t.dtype))
-        gbs = grads[8]
-        out += [None, None if gbs is None else gbs.to(bstep.dtype), None, None, None]
-        return tuple(out)
+def _step_order(dt_gather: bool, b_gather: bool, c_gather: bool):
+    return tuple(n for n, gathered in zip(_STEP_NAMES, (dt_gather, b_gather, c_gather)) if not gathered)
+
+
+def _channels_last(u: Tensor) -> bool:
+    return u.stride(3) != 1 and u.stride(2) == 1
+
+
+@torch.library.custom_op("timm_ssm_prune::triton_scan", mutates_args=())
+def _triton_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                    z: Optional[Tensor], bias: Optional[Tensor], order: Optional[Tensor], bstep: Optional[Tensor],
+                    softplus: bool, dt_gather: bool, b_gather: bool, c_gather: bool,
+                    chunk: int) -> Tuple[Tensor, Tensor]:
+    prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus,
+                    _step_order(dt_gather, b_gather, c_gather), chunk)
+    return prob.forward()
+
+
+@_triton_scan_op.register_fake
+def _triton_scan_fake(u, delta, A, B, C, D, z, bias, order, bstep, softplus, dt_gather, b_gather, c_gather, chunk):
+    S = 1 if order is None else order.shape[0]
+    _, bsz, dim, length = u.shape
+    f = torch.float64 if (u.dtype == torch.float64 or A.dtype == torch.float64) else torch.float32
+    nc = math.ceil(length / chunk)
+    out = _alloc_bel((), bsz, dim, length, u.dtype, u.device, _channels_last(u))
+    return out, u.new_empty((S, bsz, nc, dim, A.shape[2]), dtype=f)
+
+
+@torch.library.custom_op("timm_ssm_prune::triton_scan_bwd", mutates_args=())
+def _triton_scan_bwd_op(gout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                        z: Optional[Tensor], bias: Optional[Tensor], order: Optional[Tensor],
+                        bstep: Optional[Tensor], states: Tensor, softplus: bool, dt_gather: bool, b_gather: bool,
+                        c_gather: bool, chunk: int) -> List[Tensor]:
+    prob = _Problem(u, delta, A, B, C, D, z, bias, order, bstep, softplus,
+                    _step_order(dt_gather, b_gather, c_gather), chunk)
+    grads = prob.backward(gout, states)
+    return [u.new_empty(0) if g is None else g for g in grads]
+
+
+@_triton_scan_bwd_op.register_fake
+def _triton_scan_bwd_fake(gout, u, delta, A, B, C, D, z, bias, order, bstep, states, softplus, dt_gather, b_gather,
+                          c_gather, chunk):
+    S = 1 if order is None else order.shape[0]
+    _, bsz, dim, length = u.shape
+    f = states.dtype
+    cl = _channels_last(u)
+    bel = lambda lead: _alloc_bel(lead, bsz, dim, length, f, u.device, cl)  # noqa: E731
+    none = u.new_empty(0)
+    par = lambda t: none if t is None else u.new_empty(t.shape, dtype=f)  # noqa: E731  (S or 1 leading, reduced)
+    return [bel((u.shape[0],)), bel((delta.shape[0],)), u.new_empty(A.shape, dtype=f),
+            u.new_empty(B.shape, dtype=f), u.new_empty(C.shape, dtype=f), par(D),
+            none if z is None else bel(()), par(bias),
+            none if bstep is None else u.new_empty((S, bsz, A.shape[2], length), dtype=f)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, bias, order, bstep, softplus, dt_gather, b_gather, c_gather, chunk = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.cfg = (softplus, dt_gather, b_gather, c_gather, chunk)
+    ctx.save_for_backward(u, delta, A, B, C, D, z, bias, order, bstep, output[1])
+
+
+def _backward(ctx, gout, _gstates):
+    u, delta, A, B, C, D, z, bias, order, bstep, states = ctx.saved_tensors
+    grads = torch.ops.timm_ssm_prune.triton_scan_bwd(gout, u, delta, A, B, C, D, z, bias, order, bstep, states,
+                                                      *ctx.cfg)
+    out = [None if t is None else g.to(t.dtype) for g, t in zip(grads, (u, delta, A, B, C, D, z, bias))]
+    gbs = None if bstep is None else grads[8].to(bstep.dtype)
+    return (*out, None, gbs, None, None, None, None, None)
+
+
+torch.library.register_autograd("timm_ssm_prune::triton_scan", _backward, setup_context=_setup_context)
 
 
 def _run(u, delta, A, B, C, D, z, bias, order, bstep, softplus, step_order, chunk):
     """All tensors in canonical form (see _Problem). Returns (B, E, L) in u's dtype."""
-    return _TritonScanFn.apply(u, delta, A, B, C, D, z, bias, order, bstep, bool(softplus),
-                               tuple(step_order), chunk)
+    S = 1 if order is None else order.shape[0]
+    chunk = _resolve_chunk(S, u.shape[-1], chunk)
+    out, _ = torch.ops.timm_ssm_prune.triton_scan(
+        u, delta, A, B, C, D, z, bias, order, bstep, bool(softplus), 'delta' not in step_order,
+        'B' not in step_order, 'C' not in step_order, chunk)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -576,7 +641,6 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     return y
 
 
-_STEP_NAMES = ('delta', 'B', 'C')
 
 
 def _canon_gathered(u, delta, A, B, C, order, D, z, delta_bias, B_step, step_order):

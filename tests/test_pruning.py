@@ -318,7 +318,7 @@ def test_model_blocks_after_a_stage_see_exactly_the_kept_tokens():
         (h, r), layout = dense._embed(x)
         for i in range(2):
             h, r, ssm = dense.layers[i](h, r, layout, True)
-        scores = torch.cat([ssm[:, :8], ssm[:, 9:]], 1)
+        scores = torch.cat([ssm.y[:, :8], ssm.y[:, 9:]], 1)
         scores = scores.clamp_min(0).sum(-1)
         keep = torch.sort(torch.sort(scores, descending=True, stable=True).indices[:, :8]).values
         def take(t):

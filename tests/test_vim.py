@@ -309,7 +309,7 @@ def test_mixer_matches_reference():
     assert len(p) == 2 + 2 * 7
     ref_out, ref_y = ref_mixer(p, x)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ssm, ref_y, rtol=1e-10, atol=1e-12)  # the gated, averaged SSM output
+    torch.testing.assert_close(ssm.y, ref_y, rtol=1e-10, atol=1e-12)  # the gated, averaged SSM output
     # the reference is discriminating: each of these mistakes changes the output by far more than the tolerance
     scale = ref_out.abs().max()
     for wrong in (dict(flip_z=False), dict(divisor=1.0), dict(swap=True), dict(flip_back=False)):

@@ -60,11 +60,15 @@ def build_model(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
         if not pretrained or not _is_missing_file(e):
             raise
         where = _weights_location(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        if where.startswith('file ') and ' of Hugging Face repo ' not in where:  # a local file: no network
+            raise RuntimeError(f"pretrained weights for {variant} are not available: {where} does not exist or "
+                               f"cannot be read. Fix: check the path given as pretrained_cfg_overlay=dict(file=...). "
+                               f"Cause: {type(e).__name__}: {e}") from e
         raise RuntimeError(
             f"pretrained weights for {variant} are not available: {where}. Fix: go online (unset HF_HUB_OFFLINE) "
-            f"or set HF_TOKEN if the repo needs one; put the file in the Hugging Face cache; or pass "
-            f"pretrained_cfg_overlay=dict(file='/path/to/weights') (or checkpoint_path=...). Cause: "
-            f"{type(e).__name__}: {e}") from e
+            f"or set HF_TOKEN if the repo needs one; put the file in the Hugging Face cache; or pass a local copy "
+            f"(the official .pth or a converted .safetensors) as pretrained_cfg_overlay=dict(file='/path/to/weights'), "
+            f"which goes through this package's checkpoint filter. Cause: {type(e).__name__}: {e}") from e
 
 
 def _is_missing_file(e: BaseException) -> bool:
@@ -202,8 +206,8 @@ class StagedModelMixin(PrunableMixin):
 
     def forward_features(self, x: Tensor) -> Tensor:
         state, layout = self._embed(x)
-        state, _, _ = self._run_stages(state, layout)
-        return self._final(state)
+        state, layout, _ = self._run_stages(state, layout)
+        return self._final(state, layout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -219,13 +223,13 @@ class StagedModelMixin(PrunableMixin):
         state, layout = self._embed(x)
         batch, dtype, grid = x.shape[0], state[0].dtype, layout.grid
         stop = max_index + 1 if (stop_early or intermediates_only) else None
-        state, _, feats = self._run_stages(state, layout, stop=stop, take=take)
+        state, layout, feats = self._run_stages(state, layout, stop=stop, take=take)
         feats = [self._intermediate(f, norm, dtype) for f in feats]
         if output_fmt == 'NCHW':
             feats = [f.transpose(1, 2).reshape(batch, -1, *grid) for f in feats]
         if intermediates_only:
             return feats
-        return self._final(state), feats
+        return self._final(state, layout), feats
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):

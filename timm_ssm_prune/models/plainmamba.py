@@ -35,7 +35,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..ops import decay_selective_scan, selective_scan
-from ..pruning import TokenLayout, condensed_grid, restrict_scan_order
+from ..pruning import ScanSignal, TokenLayout, condensed_grid, restrict_scan_order
 from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, ceil_div, check_checkpoint_compatible,
                     check_image_input, conv_out, imagenet_cfg, init_ssm_params, resample_grid_embed)
 from ._loading import unwrap_checkpoint
@@ -106,6 +106,7 @@ class SnakeLayout(TokenLayout):
     codes: Tensor
     gaps: Optional[Tensor] = None
     flat_pos: Optional[Tensor] = None
+    size: Optional[Tensor] = None
 
     @property
     def num_patches(self) -> int:
@@ -132,10 +133,10 @@ class SnakeLayout(TokenLayout):
         flat_pos = (pos + torch.arange(batch, device=pos.device).view(batch, 1) * (scan_grid[0] * scan_grid[1]))
         return cls(grid, index, scan_grid, pos, gather, codes, gaps if with_gaps else None, flat_pos.reshape(-1))
 
-    def restrict(self, keep: Tensor, alignment: str) -> Tuple['SnakeLayout', Tensor]:
+    def restrict(self, keep: Tensor, alignment: str, cls_position: str = 'middle') -> Tuple['SnakeLayout', Tensor]:
         index = self.original_index(keep)
-        if alignment == 'naive':  # ViT-style: the kept tokens, in the given order, row by row on a smaller grid
-            k = keep.shape[1]
+        if alignment in ('naive', 'packed'):  # ViT-style: the kept tokens, in the given order (score order for
+            k = keep.shape[1]                  # 'naive', sequence order for 'packed'), row by row on a smaller grid
             return SnakeLayout.sparse(self.grid, index, condensed_grid(k),
                                       torch.arange(k, device=keep.device).expand(keep.shape[0], -1)), keep
         # aligned / decay: tokens keep their grid positions and the dense scan orders
@@ -237,7 +238,13 @@ class PlainMamba2D(nn.Module):
         # back to sequence order, summing the four directions
         y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
         y_seq = y_seq.reshape(batch, n, E) * F.silu(z)
-        return self.out_proj(y_seq), (y_seq.detach() if return_ssm else None)
+        signal = None
+        if return_ssm:  # the step each token's input is written with, averaged over channels and directions
+            with torch.no_grad():
+                step = F.softplus(dts.to(f) + delta_bias).mean(-1).reshape(S * batch * n)  # by scan step
+                timescale = step.new_zeros(batch * n).index_add_(0, rows, step).reshape(batch, n) / S
+            signal = ScanSignal(y_seq.detach(), timescale)
+        return self.out_proj(y_seq), signal
 
 
 class PlainMambaLayer(nn.Module):
@@ -376,12 +383,16 @@ class PlainMamba(StagedModelMixin, nn.Module):
         x = self.pos_drop(x.flatten(2).transpose(1, 2) + pos)
         return [x], SnakeLayout.dense(x.shape[0], grid, x.device)
 
-    def _final(self, state: List[Tensor]) -> Tensor:
+    def _final(self, state: List[Tensor], layout: SnakeLayout) -> Tensor:
         """(B, n, C) normalised tokens; n = tokens kept after the last stage (all tokens when dense)."""
         return self.ln1(state[0])
 
     def _intermediate(self, f: Tensor, norm: bool, dtype: torch.dtype) -> Tensor:
         return self.ln1(f) if norm else f
+
+    def _check_prune_cfg(self, cfg):
+        if cfg.cls_position != 'middle':
+            raise ValueError("cls_position applies to Vim (its class token); PlainMamba has no class token")
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == 'avg':

@@ -31,7 +31,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..ops import causal_conv1d, decay_selective_scan, selective_scan
-from ..pruning import TokenLayout
+from ..pruning import ScanSignal, TokenLayout, gather_tokens, skipped_before
 from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, check_checkpoint_compatible,
                     check_image_input, imagenet_cfg, init_ssm_params, resample_grid_embed)
 from ._loading import unwrap_checkpoint
@@ -59,41 +59,92 @@ class RMSNorm(nn.Module):
 class VimLayout(TokenLayout):
     """The current token sequence: patch tokens in sequence order with the class token at ``cls_pos``.
 
-    grid:  original patch grid
-    index: (B, n) original patch index (raster) of each patch token in sequence order, None = all, raster
-    gaps:  (2, B, n + 1) pruned patches skipped before each token by the forward scan and (in the reversed
-           sequence's order) by the backward scan; None unless alignment='decay' after a stage
+    grid:      original patch grid
+    n:         number of patch tokens
+    index:     (B, n) original patch index (raster) of each patch token in sequence order, None = all, raster
+    gaps:      (2, B, n + 1) pruned patches skipped before each token by the forward scan and (in the reversed
+               sequence's order) by the backward scan; None unless alignment='decay' after a stage
+    cls_index: (B,) sequence position of the class token when it is not in the middle (cls_position='raster')
+    size:      (B, n) original patches each token stands for (merging), None = one each
     """
     grid: Tuple[int, int]
     n: int
     index: Optional[Tensor] = None
     gaps: Optional[Tensor] = None
+    cls_index: Optional[Tensor] = None
+    size: Optional[Tensor] = None
 
     @property
     def num_patches(self) -> int:
         return self.n
 
     @property
-    def cls_pos(self) -> int:
-        return self.n // 2
+    def cls_pos(self) -> Union[int, Tensor]:
+        """The class token's sequence position: n // 2 (the middle), or (B,) per sample."""
+        return self.n // 2 if self.cls_index is None else self.cls_index
 
-    @property
-    def protected(self) -> Tuple[int, ...]:
-        return (self.cls_pos,)
+    def _patch_seq(self, batch: int, device) -> Tensor:
+        """(B, n) sequence position of each patch token."""
+        j = torch.arange(self.n, device=device).expand(batch, -1)
+        return j + (j >= self.cls_index.unsqueeze(1)).long()
 
     def patches(self, t: Tensor) -> Tensor:
-        return split_cls(t, self.cls_pos)[0]
+        if self.cls_index is None:
+            return split_cls(t, self.n // 2)[0]
+        return gather_tokens(t, self._patch_seq(t.shape[0], t.device))
 
-    def restrict(self, keep: Tensor, alignment: str) -> Tuple['VimLayout', Tensor]:
-        """Kept patches in the given order, the class token back in the middle of the kept sequence (the
-        paper's code); 'decay' adds the scan gaps of the kept patches."""
+    def cls_token(self, t: Tensor) -> Tensor:
+        """(B, 1, C): the class token of a per-token tensor t (B, n + 1, C)."""
+        if self.cls_index is None:
+            return t[:, self.n // 2:self.n // 2 + 1]
+        return gather_tokens(t, self.cls_index.unsqueeze(1))
+
+    def with_patches(self, t: Tensor, patches: Tensor) -> Tensor:
+        return _place_cls(patches, self.cls_token(t), self.cls_index)
+
+    def with_cls_in_middle(self, t: Tensor) -> Tensor:
+        """t (B, n + 1, C) re-ordered so that the class token is in the middle (where the head reads it)."""
+        if self.cls_index is None:
+            return t
+        return insert_cls(self.patches(t), self.cls_token(t))
+
+    def restrict(self, keep: Tensor, alignment: str, cls_position: str = 'middle') -> Tuple['VimLayout', Tensor]:
+        """Kept patches in the given order ('packed' is 'aligned' here: Vim's scans are 1-D), the class token back
+        in the middle of the kept sequence (the paper's code) or at its original raster place
+        (``cls_position='raster'``, order-keeping alignments); 'decay' adds the scan gaps of the kept patches."""
         index = self.original_index(keep)
-        k = keep.shape[1]
-        seq = keep + (keep >= self.cls_pos).long()  # sequence position of each kept patch
-        cls = torch.full_like(keep[:, :1], self.cls_pos)
-        seq = insert_cls(seq.unsqueeze(-1), cls.unsqueeze(-1)).squeeze(-1)
-        gaps = _scan_gaps(index, self.grid[0] * self.grid[1]) if alignment == 'decay' else None
+        batch, k = keep.shape
+        old_cls = self.cls_pos if self.cls_index is None else self.cls_index.unsqueeze(1)
+        seq = keep + (keep >= old_cls).long()  # sequence position of each kept patch
+        cls_seq = torch.full_like(keep[:, :1], self.n // 2) if self.cls_index is None else self.cls_index[:, None]
+        total = self.grid[0] * self.grid[1]
+        if cls_position == 'raster':
+            cls_index = (index < total // 2).sum(1)  # kept patches before the class token's place
+            seq = _place_cls(seq.unsqueeze(-1), cls_seq.unsqueeze(-1), cls_index).squeeze(-1)
+            gaps = None
+            if alignment == 'decay':  # dense ranks: patch p -> p (+1 after the class token), class token total//2
+                rank = index + (index >= total // 2).long()
+                rank = _place_cls(rank.unsqueeze(-1), torch.full_like(rank[:, :1], total // 2).unsqueeze(-1),
+                                  cls_index).squeeze(-1)
+                gaps = torch.stack([skipped_before(rank),
+                                    skipped_before((total - rank).flip(-1)).flip(-1)])
+            return VimLayout(self.grid, k, index, gaps, cls_index), seq
+        seq = insert_cls(seq.unsqueeze(-1), cls_seq.unsqueeze(-1)).squeeze(-1)
+        gaps = _scan_gaps(index, total) if alignment == 'decay' else None
         return VimLayout(self.grid, k, index, gaps), seq
+
+
+def _place_cls(patches: Tensor, cls: Tensor, cls_index: Optional[Tensor]) -> Tensor:
+    """patches (B, n, C) with the class token cls (B, 1, C) inserted at position ``cls_index`` (B,) of each
+    sample (None: the middle, n // 2)."""
+    if cls_index is None:
+        return insert_cls(patches, cls)
+    batch, n = patches.shape[:2]
+    j = torch.arange(n + 1, device=patches.device).expand(batch, -1)
+    ci = cls_index.unsqueeze(1)
+    src = (j - (j > ci).long()).clamp(max=n - 1)  # patch feeding each output slot (unused at the class slot)
+    out = gather_tokens(patches, src)
+    return torch.where((j == ci).unsqueeze(-1), cls.expand(-1, n + 1, -1), out)
 
 
 def split_cls(x: Tensor, cls_pos: int) -> Tuple[Tensor, Tensor]:
@@ -166,7 +217,12 @@ class BiMambaMixer(nn.Module):
         else:
             y = selective_scan(u, delta, A, Bs, Cs, D, zz, bias, True, backend=self.scan_backend)
         y = ((y[:, :E] + y[:, E:].flip(-1)) / 2).transpose(1, 2)  # (B, L, E)
-        return self.out_proj(y), (y.detach() if return_ssm else None)
+        signal = None
+        if return_ssm:  # the step each token's input is written with, averaged over channels and both directions
+            with torch.no_grad():
+                step = F.softplus(delta.to(f) + bias[:, None])  # (B, 2E, L), the backward half reversed
+                signal = ScanSignal(y.detach(), (step[:, :E].mean(1) + step[:, E:].mean(1).flip(-1)) / 2)
+        return self.out_proj(y), signal
 
 
 class VimBlock(nn.Module):
@@ -296,11 +352,12 @@ class Vim(StagedModelMixin, nn.Module):
         hidden, residual = state
         return residual + hidden
 
-    def _final(self, state: List[Tensor]) -> Tensor:
+    def _final(self, state: List[Tensor], layout: VimLayout) -> Tensor:
         """(B, n + 1, C) normalised tokens with the class token in the middle (index n // 2): the final fused
         add + RMSNorm of the residual stream."""
         hidden, residual = state
-        return self.norm_f(residual + self.drop_path(hidden).to(residual.dtype)).to(hidden.dtype)
+        out = self.norm_f(residual + self.drop_path(hidden).to(residual.dtype)).to(hidden.dtype)
+        return layout.with_cls_in_middle(out)
 
     def _intermediate(self, f: Tensor, norm: bool, dtype: torch.dtype) -> Tensor:
         """A patch-token map of the residual stream (class token removed), norm_f applied when ``norm``."""

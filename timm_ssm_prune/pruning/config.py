@@ -1,18 +1,27 @@
-"""Prune configuration: where to prune, how many tokens to keep, how to score and how to re-order them."""
+"""Prune configuration: where to prune, how many tokens to keep, how to score them, how to lay out the kept ones
+and what becomes of the others (dropped, merged, or both)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ['PruneConfig', 'PruneStage', 'IMPORTANCE_METRICS', 'ALIGNMENTS', 'keep_count', 'evenly_spaced_stages']
+__all__ = ['PruneConfig', 'PruneStage', 'IMPORTANCE_METRICS', 'ALIGNMENTS', 'REDUCTIONS', 'CLS_POSITIONS',
+           'MERGE_PARTNERS', 'keep_count', 'evenly_spaced_stages']
 
-IMPORTANCE_METRICS = ('clip', 'l1', 'l2', 'sum', 'random')
-ALIGNMENTS = ('aligned', 'naive', 'decay')
+IMPORTANCE_METRICS = ('clip', 'l1', 'l2', 'sum', 'random', 'delta')
+ALIGNMENTS = ('aligned', 'naive', 'decay', 'packed')
+REDUCTIONS = ('prune', 'merge', 'hybrid')
+CLS_POSITIONS = ('middle', 'raster')
+MERGE_PARTNERS = ('similar', 'nearest')
+# The options beyond the paper, with their defaults (the paper's method); to_kwargs() writes only changed ones.
+OPTION_DEFAULTS = dict(reduction='prune', merge_fraction=None, merge_partner=None, cls_position='middle',
+                       importance_seed=None)
+DEFAULT_MERGE_FRACTION, DEFAULT_MERGE_PARTNER = 0.5, 'similar'
 
 
 def keep_count(num_alive: int, keep_rate: float) -> int:
-    """Tokens kept at a stage: ceil(keep_rate * num_alive) (method.md §1), robust to float round-off."""
+    """Tokens kept at a stage: ceil(keep_rate * num_alive) (docs/method.md §1), robust to float round-off."""
     return min(num_alive, math.ceil(keep_rate * num_alive - 1e-9))
 
 
@@ -33,15 +42,51 @@ class PruneStage:
 
 @dataclass(frozen=True)
 class PruneConfig:
+    """Where to prune (``stages``) and how (docs/method.md):
+
+    importance:      'clip' (the paper's Eq. 9) | 'l1' | 'l2' | 'sum' | 'random' | 'delta' (the scan's timescale)
+    alignment:       'aligned' (ToP) | 'naive' (ViT-style packing in score order, the paper's baseline) |
+                     'packed' (kept tokens condensed in their original order) | 'decay' (experimental)
+    reduction:       'prune' (ToP: the others are dropped) | 'merge' (every other token is averaged into a kept
+                     one) | 'hybrid' (the least important are dropped, the ``merge_fraction`` most important of
+                     the others merged)
+    merge_fraction:  'hybrid' only: the fraction of the not-kept tokens that are merged, in [0, 1] (default 0.5)
+    merge_partner:   'merge'/'hybrid' only: 'similar' (the kept token with the most similar SSM output, the
+                     default) | 'nearest' (the nearest kept token on the grid)
+    cls_position:    Vim only: 'middle' (the paper's code) | 'raster' (the class token's original place)
+    importance_seed: 'random' only: a seed for reproducible scores (None: torch's global generator)
+    """
     stages: Tuple[PruneStage, ...] = ()
     importance: str = 'clip'
     alignment: str = 'aligned'
+    reduction: str = 'prune'
+    merge_fraction: Optional[float] = None
+    merge_partner: Optional[str] = None
+    cls_position: str = 'middle'
+    importance_seed: Optional[int] = None
 
     def __post_init__(self):
-        if self.importance not in IMPORTANCE_METRICS:
-            raise ValueError(f"importance must be one of {IMPORTANCE_METRICS}, got {self.importance!r}")
-        if self.alignment not in ALIGNMENTS:
-            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
+        for name, allowed in (('importance', IMPORTANCE_METRICS), ('alignment', ALIGNMENTS),
+                              ('reduction', REDUCTIONS), ('cls_position', CLS_POSITIONS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.merge_partner is not None and (not isinstance(self.merge_partner, str)
+                                               or self.merge_partner not in MERGE_PARTNERS):
+            raise ValueError(f"merge_partner must be one of {MERGE_PARTNERS}, got {self.merge_partner!r}")
+        if self.merge_fraction is not None and (not _is_rate(self.merge_fraction)
+                                                or not 0.0 <= float(self.merge_fraction) <= 1.0):
+            raise ValueError(f"merge_fraction must be a number in [0, 1], got {self.merge_fraction!r}")
+        if self.merge_fraction is not None and self.reduction != 'hybrid':
+            raise ValueError(f"merge_fraction applies to reduction='hybrid' only (got reduction={self.reduction!r})")
+        if self.merge_partner is not None and self.reduction == 'prune':
+            raise ValueError("merge_partner applies to reduction='merge' or 'hybrid' only (got reduction='prune')")
+        if self.cls_position != 'middle' and self.alignment == 'naive':
+            raise ValueError("cls_position='raster' needs an order-keeping alignment ('aligned', 'packed', 'decay'); "
+                             "'naive' packs the tokens in score order, where the class token has no raster place")
+        if self.importance_seed is not None and (not _is_int(self.importance_seed) or self.importance != 'random'):
+            raise ValueError(f"importance_seed is an integer for importance='random' only, got "
+                             f"importance_seed={self.importance_seed!r} with importance={self.importance!r}")
         prev = 0
         for s in self.stages:
             if isinstance(s.keep_rate, bool) or not isinstance(s.keep_rate, (int, float)) \
@@ -59,7 +104,7 @@ class PruneConfig:
     @classmethod
     def from_kwargs(cls, prune_layers: Optional[Sequence[int]] = None,
                     keep_rate: Union[None, float, Sequence[float]] = None,
-                    importance: str = 'clip', alignment: str = 'aligned') -> 'PruneConfig':
+                    importance: str = 'clip', alignment: str = 'aligned', **options) -> 'PruneConfig':
         """Build from model kwargs: ``prune_layers=(5, 10, 15), keep_rate=0.8`` (or one rate per stage).
 
         ``prune_layers=()`` (or ``[]``) means no pruning whatever ``keep_rate`` says (so it turns off a saved
@@ -70,7 +115,7 @@ class PruneConfig:
             if prune_layers is None and keep_rate is not None and not _is_dense_rate(keep_rate):
                 raise ValueError("keep_rate was given without prune_layers: say after which blocks to prune, "
                                  "e.g. prune_layers=(5, 10, 15)")
-            return cls((), importance, alignment)
+            return cls((), importance, alignment, **options)
         if keep_rate is None:
             raise ValueError("prune_layers was given without keep_rate (or flops_reduction)")
         if isinstance(keep_rate, float):
@@ -79,7 +124,7 @@ class PruneConfig:
             rates = keep_rate
             if len(rates) != len(prune_layers):
                 raise ValueError(f"keep_rate has {len(rates)} entries but prune_layers has {len(prune_layers)}")
-        return cls(tuple(PruneStage(b, r) for b, r in zip(prune_layers, rates)), importance, alignment)
+        return cls(tuple(PruneStage(b, r) for b, r in zip(prune_layers, rates)), importance, alignment, **options)
 
     # -------------------------------------------------------------------------------------------- query
     @property
@@ -93,6 +138,26 @@ class PruneConfig:
     @property
     def enabled(self) -> bool:
         return len(self.stages) > 0
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        """Everything but the stages: the kwargs of a ``TokenReducer`` (and of ``from_kwargs``)."""
+        return dict(importance=self.importance, alignment=self.alignment, reduction=self.reduction,
+                    merge_fraction=self.merge_fraction, merge_partner=self.merge_partner,
+                    cls_position=self.cls_position, importance_seed=self.importance_seed)
+
+    @property
+    def merge_share(self) -> float:
+        """The fraction of the not-kept tokens that are merged (0: all dropped, 1: all merged)."""
+        if self.reduction == 'prune':
+            return 0.0
+        if self.reduction == 'merge':
+            return 1.0
+        return DEFAULT_MERGE_FRACTION if self.merge_fraction is None else float(self.merge_fraction)
+
+    def changed_options(self) -> Dict[str, Any]:
+        """The options beyond the paper's that differ from their defaults."""
+        return {k: getattr(self, k) for k, v in OPTION_DEFAULTS.items() if getattr(self, k) != v}
 
     def stage_at(self) -> Dict[int, int]:
         """Map: index of the scoring block (0-based) -> stage index."""
@@ -122,17 +187,19 @@ class PruneConfig:
     def to_kwargs(self) -> Dict[str, Any]:
         """Model kwargs that rebuild this configuration (JSON friendly)."""
         if not self.enabled:
-            return dict(prune_layers=None, keep_rate=None, importance=self.importance, alignment=self.alignment)
+            return dict(prune_layers=None, keep_rate=None, importance=self.importance, alignment=self.alignment,
+                        **self.changed_options())
         rates = list(self.keep_rates)
         return dict(prune_layers=list(self.prune_layers),
                     keep_rate=rates[0] if len(set(rates)) == 1 else rates,
-                    importance=self.importance, alignment=self.alignment)
+                    importance=self.importance, alignment=self.alignment, **self.changed_options())
 
     def describe(self) -> str:
         if not self.enabled:
             return 'dense (no pruning)'
         stages = ', '.join(f"after block {s.after_block} keep {s.keep_rate:.4g}" for s in self.stages)
-        return f"{stages}; importance={self.importance}, alignment={self.alignment}"
+        extra = ''.join(f", {k}={v}" for k, v in self.changed_options().items())
+        return f"{stages}; importance={self.importance}, alignment={self.alignment}{extra}"
 
 
 def _is_int(x) -> bool:

@@ -1,18 +1,27 @@
 """Token importance from a block's SSM output (the paper's Eq. 9 and its ablations) and top-k selection."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .config import IMPORTANCE_METRICS
 
-__all__ = ['token_importance', 'select_tokens']
+__all__ = ['token_importance', 'select_tokens', 'ScanSignal']
+
+
+class ScanSignal(NamedTuple):
+    """What a block hands its stage's reducer: the SSM output ``y`` (B, L, E) (all scan directions combined at
+    each token's own position, gate applied) and the ``timescale`` (B, L): the mean over channels and scan
+    directions of the step softplus(Δ) with which each token's input is written into the state."""
+    y: Tensor
+    timescale: Optional[Tensor] = None
 
 
 @torch.no_grad()
-def token_importance(y: Tensor, metric: str = 'clip', generator: Optional[torch.Generator] = None) -> Tensor:
+def token_importance(y: Tensor, metric: str = 'clip', generator: Optional[torch.Generator] = None,
+                     timescale: Optional[Tensor] = None) -> Tensor:
     """Score each token of ``y`` (B, L, E), the SSM output before the output projection (all scan directions
     combined at the token's own position, gate applied). Returns (B, L) float32 scores, no gradient.
 
@@ -20,12 +29,21 @@ def token_importance(y: Tensor, metric: str = 'clip', generator: Optional[torch.
     l1:     Σ_e |y_e|
     l2:     ‖y‖₂
     sum:    Σ_e y_e             ("w/o clip")
-    random: uniform noise       (baseline)
+    random: uniform noise       (baseline; from ``generator`` when given, else torch's global generator)
+    delta:  ``timescale`` (B, L), the mean step softplus(Δ) of the token (see ``ScanSignal``): a token with a
+            large step writes strongly into the state and forgets the past (MTR, arXiv:2507.14042)
     """
     if metric not in IMPORTANCE_METRICS:
         raise ValueError(f"importance must be one of {IMPORTANCE_METRICS}, got {metric!r}")
     if y.dim() != 3:
         raise ValueError(f"token_importance expects (batch, tokens, channels), got shape {tuple(y.shape)}")
+    if metric == 'delta':
+        if timescale is None or timescale.shape != y.shape[:2]:
+            raise ValueError(f"importance='delta' needs the block's timescale of shape {tuple(y.shape[:2])}, got "
+                             f"{None if timescale is None else tuple(timescale.shape)}")
+        return timescale.detach().float()
+    if metric == 'random' and generator is not None:
+        return torch.rand(y.shape[:2], generator=generator, device=generator.device).to(y.device)
     y = y.detach().float()
     if metric == 'clip':
         return y.clamp_min(0).sum(-1)

@@ -6,15 +6,17 @@ reducer layer (``reducer.py``) and the stage loop (``stages.py``) use:
 
 * ``index``: (B, n) position on the original patch grid of each prunable token, in sequence order (None: all of
   them, in raster order). Dense feature maps are written back through it.
-* ``protected``: sequence positions of tokens a stage must never drop (Vim's class token); they are not scored
-  for selection and the layout decides where they go in the next sequence.
-* ``restrict(keep, alignment)``: the layout of the next stage, given ``keep`` (B, k), the indices (into the
-  current prunable tokens) of the tokens kept, in their new sequence order, and the sequence index (B, k + p)
-  into the current sequence that builds the next one (kept tokens and the protected ones).
+* ``patches(t)``: the prunable tokens of a per-token tensor, without the tokens a stage must never drop (Vim's
+  class token): those are not scored, selected or merged, and the layout decides where they go next
+  (``with_patches`` puts them back around new patch tokens).
+* ``restrict(keep, alignment, cls_position)``: the layout of the next stage, given ``keep`` (B, k), the indices
+  (into the current prunable tokens) of the tokens kept, in their new sequence order, and the sequence index
+  (B, k + p) into the current sequence that builds the next one (kept tokens and the protected ones).
+* ``size``: (B, n) how many original patches each token stands for (None: one each); merging adds them up.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import math
 
@@ -67,22 +69,27 @@ class TokenLayout:
     """Interface shared by the families' layouts (see the module docstring)."""
     grid: Tuple[int, int]         # the original patch grid (dense feature maps)
     index: Optional[Tensor]       # (B, n) original grid position of each prunable token, or None
+    size: Optional[Tensor]        # (B, n) original patches each token stands for, or None (one each)
 
     @property
     def num_patches(self) -> int:
         raise NotImplementedError
 
-    @property
-    def protected(self) -> Sequence[int]:
-        """Sequence positions of the tokens no stage may drop."""
-        return ()
-
     def patches(self, t: Tensor) -> Tensor:
         """The prunable tokens of a per-token tensor t (B, L, ...) in sequence order (protected ones removed)."""
-        if not self.protected:
-            return t
-        keep = [i for i in range(t.shape[1]) if i not in set(self.protected)]
-        return t[:, keep]
+        return t
+
+    def with_patches(self, t: Tensor, patches: Tensor) -> Tensor:
+        """``t`` (B, L, C) with its prunable tokens replaced by ``patches`` (B, n, C) (protected ones kept)."""
+        return patches
+
+    def grid_positions(self, batch: int, device) -> Tensor:
+        """(B, n, 2) long: (row, column) on the original grid of each prunable token."""
+        h, w = self.grid
+        index = self.index
+        if index is None:
+            index = torch.arange(h * w, device=device).expand(batch, -1)
+        return torch.stack([torch.div(index, w, rounding_mode='floor'), index % w], dim=-1)
 
     def original_index(self, keep: Tensor) -> Tensor:
         """Original grid position of the kept tokens ``keep`` (B, k)."""
@@ -91,5 +98,5 @@ class TokenLayout:
     def to_grid(self, patches: Tensor, canvas: Optional[Tensor]) -> Tensor:
         return scatter_to_grid(patches, self.index, canvas)
 
-    def restrict(self, keep: Tensor, alignment: str) -> Tuple['TokenLayout', Tensor]:
+    def restrict(self, keep: Tensor, alignment: str, cls_position: str = 'middle') -> Tuple['TokenLayout', Tensor]:
         raise NotImplementedError

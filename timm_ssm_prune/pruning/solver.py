@@ -9,13 +9,14 @@ __all__ = ['solve_flops_reduction']
 
 
 def solve_flops_reduction(model, target: float, prune_layers: Optional[Sequence[int]] = None,
-                          importance: str = 'clip', alignment: str = 'aligned') -> PruneConfig:
+                          **options) -> PruneConfig:
     """The configuration with stages after ``prune_layers`` (three evenly spaced by default) and one keep rate
     for all of them whose FLOPs (``count_flops`` at the model's input size) are ``target`` below the dense
     model's; the rate is the centre of the plateau of rates giving the same token counts, rounded short.
 
     ``model`` is a prunable model of this package (``num_prunable_tokens``, ``depth``, ``pruning(cfg)``); its
-    own configuration is left as it was."""
+    own configuration is left as it was. ``options`` (importance, alignment, reduction, ...) are those of
+    ``PruneConfig``: each method gets its own keep rate (e.g. merging adds a little work)."""
     from ..flops import count_flops
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= float(target) < 1.0:
         raise ValueError(f"flops_reduction must be in [0, 1), got {target!r}")
@@ -29,7 +30,7 @@ def solve_flops_reduction(model, target: float, prune_layers: Optional[Sequence[
     cache = {}
 
     def reduction(rate: float) -> float:  # FLOPs depend on the rate only through the token counts
-        cfg = PruneConfig.from_kwargs(prune_layers, rate, importance, alignment)
+        cfg = PruneConfig.from_kwargs(prune_layers, rate, **options)
         key = tuple(cfg.token_counts(num_tokens))
         if key not in cache:
             with model.pruning(cfg):
@@ -49,7 +50,7 @@ def solve_flops_reduction(model, target: float, prune_layers: Optional[Sequence[
             hi = mid
     best = min((lo, hi), key=lambda r: abs(reduction(r) - target))
     best = _plateau_centre(best, prune_layers, num_tokens)
-    return PruneConfig.from_kwargs(prune_layers, best, importance, alignment)
+    return PruneConfig.from_kwargs(prune_layers, best, **options)
 
 
 def _plateau_centre(rate: float, prune_layers, num_tokens: int) -> float:

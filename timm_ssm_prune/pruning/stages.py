@@ -29,21 +29,20 @@ class PrunableMixin:
     Model kwargs (all optional; none is called ``pruned``, which timm reserves):
         prune_layers:    block counts after which to prune, e.g. (5, 10, 15)
         keep_rate:       float, or one float per stage, in (0, 1]
-        importance:      'clip' | 'l1' | 'l2' | 'sum' | 'random'
-        alignment:       'aligned' | 'naive' | 'decay'
         flops_reduction: e.g. 0.4 -> solve one keep rate for all stages (evenly spaced stages, 3 by default,
                          unless prune_layers is given) so that the model's FLOPs drop by 40 %
+        importance, alignment, reduction, merge_fraction, merge_partner, cls_position, importance_seed:
+                         how tokens are scored, laid out and reduced (see ``PruneConfig``)
     """
     default_flops_convention = 'mamba'
     grad_checkpointing: bool
 
-    def _init_pruning(self, prune_layers=None, keep_rate=None, importance='clip', alignment='aligned',
-                      flops_reduction=None, **unknown):
+    def _init_pruning(self, prune_layers=None, keep_rate=None, flops_reduction=None, **options):
+        unknown = set(options) - set(PruneConfig().options)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {sorted(unknown)}; the pruning "
-                            f"kwargs are prune_layers, keep_rate, importance, alignment, flops_reduction")
-        self.set_pruning(prune_layers=prune_layers, keep_rate=keep_rate, importance=importance,
-                         alignment=alignment, flops_reduction=flops_reduction)
+                            f"kwargs are prune_layers, keep_rate, flops_reduction, {', '.join(PruneConfig().options)}")
+        self.set_pruning(prune_layers=prune_layers, keep_rate=keep_rate, flops_reduction=flops_reduction, **options)
 
     # ------------------------------------------------------------------------------------------ configuration
     @property
@@ -59,24 +58,28 @@ class PrunableMixin:
         if not isinstance(cfg, PruneConfig):
             raise TypeError(f"prune_cfg must be a PruneConfig, got {type(cfg).__name__}")
         self._prune_cfg = cfg
-        self.reducers = nn.ModuleList(TokenReducer(s.after_block, s.keep_rate, cfg.importance, cfg.alignment)
-                                      for s in cfg.stages)
+        self.reducers = nn.ModuleList(TokenReducer(s.after_block, s.keep_rate, **cfg.options) for s in cfg.stages)
 
-    def set_pruning(self, prune_layers=None, keep_rate=None, importance: str = 'clip', alignment: str = 'aligned',
-                    flops_reduction: Optional[float] = None) -> PruneConfig:
-        """(Re)configure token pruning in place; returns the validated configuration."""
+    def set_pruning(self, prune_layers=None, keep_rate=None, flops_reduction: Optional[float] = None,
+                    **options) -> PruneConfig:
+        """(Re)configure token pruning in place; returns the validated configuration. ``options``: importance,
+        alignment, reduction, merge_fraction, merge_partner, cls_position, importance_seed (``PruneConfig``)."""
         if flops_reduction is not None:
             if keep_rate is not None:
                 raise ValueError("give either keep_rate or flops_reduction, not both")
-            PruneConfig((), importance, alignment)  # names a bad importance/alignment before solving
+            self._check_prune_cfg(PruneConfig((), **options))  # names a bad option before solving
             if not hasattr(self, '_prune_cfg'):
                 self.prune_cfg = PruneConfig()
-            cfg = solve_flops_reduction(self, flops_reduction, prune_layers, importance, alignment)
+            cfg = solve_flops_reduction(self, flops_reduction, prune_layers, **options)
         else:
-            cfg = PruneConfig.from_kwargs(prune_layers, keep_rate, importance, alignment)
+            cfg = PruneConfig.from_kwargs(prune_layers, keep_rate, **options)
         cfg.validate(self.depth, self.num_prunable_tokens)
+        self._check_prune_cfg(cfg)
         self.prune_cfg = cfg
         return cfg
+
+    def _check_prune_cfg(self, cfg: PruneConfig) -> None:
+        """A family's own checks of a configuration (e.g. options that need a class token)."""
 
     @contextmanager
     def pruning(self, cfg: PruneConfig) -> Iterator[PruneConfig]:
@@ -90,7 +93,7 @@ class PrunableMixin:
 
     def pruning_disabled(self):
         """``with model.pruning_disabled():`` runs the model dense (e.g. to count its dense FLOPs)."""
-        return self.pruning(PruneConfig((), self.prune_cfg.importance, self.prune_cfg.alignment))
+        return self.pruning(PruneConfig((), **self.prune_cfg.options))
 
     def token_counts(self) -> List[int]:
         """Prunable tokens alive in the blocks before the first stage and after each stage (default grid)."""

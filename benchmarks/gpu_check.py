@@ -256,6 +256,23 @@ def section_scan_bench(rec, device, smoke):
                     rec.add(f'scan {str(dtype)[6:]} speedup triton over {other}',
                             fwd=res[other][0] / res['triton'][0], fwd_bwd=res[other][1] / res['triton'][1])
 
+    # channels per program (the heuristic picks one; this shows whether another is faster on this GPU)
+    from timm_ssm_prune.ops.triton_scan import set_triton_tuning
+    t = scan_inputs(**size, groups=None, dtype=torch.float32, device=device)
+    leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
+    for be in ((4, 8) if smoke else (16, 32, 64, 128)):
+        def sweep(be=be):
+            set_triton_tuning(block_e=be)
+            try:
+                def fwd_bwd():
+                    y = selective_scan(**leaves, delta_softplus=True, backend='triton')
+                    y.backward(torch.ones_like(y))
+                tb, nb = timed(fwd_bwd, device, max_s=max_s / 2)
+            finally:
+                set_triton_tuning()
+            return dict(fwd_bwd_ms=tb * 1e3, repeats=nb)
+        rec.guarded(f'scan float32 triton block_e={be}', sweep, min_left=25.0)
+
     # the gathered kernel at PlainMamba-L3's mixer size vs materialising the permuted copies
     gsz = dict(bsz=2, dim=16, length=16, dstate=4) if smoke else dict(bsz=64, dim=896, length=196, dstate=16)
     S = 4

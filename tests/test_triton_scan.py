@@ -319,3 +319,17 @@ def test_opcheck_and_compile_fullgraph():
     torch.testing.assert_close(out, fn(u, delta, z))
     out.sum().backward()
     assert u.grad is not None and A.grad is not None and bstep.grad is not None
+
+
+@kernels
+def test_tuning_override_gives_the_same_results():
+    u, delta, A, B, C, D, z, bias = _dev(make_inputs(groups=2))
+    ref = ts.selective_scan_triton(u, delta, A, B, C, D, z, bias, True)
+    try:
+        ts.set_triton_tuning(block_e=2, num_warps=1)  # groups of 3 channels: capped to 1 channel per program
+        out = ts.selective_scan_triton(u, delta, A, B, C, D, z, bias, True)
+    finally:
+        ts.set_triton_tuning()
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match='power of two'):
+        ts.set_triton_tuning(block_e=3)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['selective_scan_triton', 'selective_scan_gathered', 'selective_scan_gathered_ref',
-           'triton_available', 'TRITON_INSTALL_HINT', 'TRITON_CPU_HINT']
+           'triton_available', 'set_triton_tuning', 'TRITON_INSTALL_HINT', 'TRITON_CPU_HINT']
 
 TRITON_INSTALL_HINT = (
     "Triton is not available: it ships with the CUDA builds of PyTorch (or `pip install triton`); "
@@ -380,7 +380,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+_TUNING = {'block_e': None, 'num_warps': None}
+
+
+def set_triton_tuning(block_e: Optional[int] = None, num_warps: Optional[int] = None) -> None:
+    """Override the kernels' channels per program (a power of two) and warps per program; None restores the
+    heuristics (for benchmarking on a new GPU: ``benchmarks/gpu_check.py`` sweeps block_e)."""
+    if block_e is not None and (block_e < 1 or block_e & (block_e - 1)):
+        raise ValueError(f"block_e must be a power of two, got {block_e}")
+    _TUNING['block_e'], _TUNING['num_warps'] = block_e, num_warps
+
+
 def _block_e(bsz: int, dim: int, eg: int, groups: int, block_n: int, device: torch.device) -> int:
+    if _TUNING['block_e'] is not None:
+        return _TUNING['block_e'] if groups == 1 else min(_TUNING['block_e'], eg & -eg)
     cap = max(1, 1024 // block_n)
     if groups == 1:
         be = min(cap, _next_pow2(dim))
@@ -394,6 +407,8 @@ def _block_e(bsz: int, dim: int, eg: int, groups: int, block_n: int, device: tor
 
 
 def _num_warps(block_e: int, block_n: int) -> int:
+    if _TUNING['num_warps'] is not None:
+        return _TUNING['num_warps']
     return max(1, min(8, block_e * block_n // 256))
 
 

@@ -1,12 +1,15 @@
 """Selective scan in Triton: no build step, and a variant that reads the tokens through a position map.
 
 Two entry points, both with a Triton forward and a Triton backward (recompute from checkpoints, reverse adjoint
-recurrence; no autograd graph over the steps):
+recurrence; no autograd graph over the steps), registered as the torch.library ops
+``timm_ssm_prune::triton_scan`` / ``triton_scan_bwd`` (fake implementations, autograd formula), so
+``torch.compile(fullgraph=True)`` traces through them:
 
 * :func:`selective_scan_triton` — the semantics of :func:`timm_ssm_prune.ops.selective_scan` (reached from it
   as ``backend='triton'``): u, delta, z (B, E, L); A (E, N); B, C (B, N, L) or grouped (B, G, N, L); D,
   delta_bias (E,); Δ = softplus(delta + delta_bias); float32 state for fp32/bf16/fp16 inputs, float64 for
-  float64 inputs; output in u's dtype.
+  float64 inputs; output in u's dtype and u's memory layout ((B, L, E) memory viewed as (B, E, L), as the
+  models pass it, gives an output laid out the same way).
 * :func:`selective_scan_gathered` — S scan directions over one sequence, each visiting the L positions in
   its own order (the position map), reading its inputs through that map and adding its output back at the
   positions it visited; the directions' sum is gated by silu(z). See its docstring.
@@ -788,7 +791,7 @@ def selective_scan_gathered(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
     A: (E, N) or (S, E, N); D, delta_bias: (E,) or (S, E); float32 (float64).
     z: optional (batch, E, L) in sequence order.
 
-    Returns (batch, E, L) in u's dtype::
+    Returns (batch, E, L) in u's dtype (and u's memory layout)::
 
         y_s[t] = C_s[t]·h_s[t] + D_s u_s[order[s,b,t]]      (the recurrence of selective_scan, per direction)
         out[b, :, p] = silu(z[b, :, p]) · Σ_s y_s[t] where order[s, b, t] = p

@@ -172,7 +172,10 @@ def test_plainmamba_delta_importance_by_hand():
 
 def test_vim_delta_importance_by_hand():
     torch.manual_seed(4)
-    mixer = BiMambaMixer(8, d_state=4).eval()
+    mixer = BiMambaMixer(8, d_state=4)
+    mixer.fwd.reset_parameters()
+    mixer.bwd.reset_parameters()
+    mixer = mixer.eval()
     x = torch.randn(2, 7, 8)
     with torch.no_grad():
         _, sig = mixer(x, return_ssm=True)
@@ -277,8 +280,11 @@ def test_packed_baseline():
 @pytest.mark.parametrize('name', FAMILIES)
 @pytest.mark.parametrize('kw', [dict(reduction='merge'), dict(reduction='hybrid', merge_partner='nearest'),
                                 dict(importance='delta'), dict(alignment='packed'),
+                                dict(importance='cls', cls_position='raster'),
                                 dict(importance='random', importance_seed=3)], ids=str)
 def test_batch_invariance_and_determinism(name, kw):
+    if name.startswith('plainmamba') and kw.get('importance') == 'cls':
+        pytest.skip('Vim only')
     model = pair(name, prune_layers=(2, 4), keep_rate=0.6, **kw)
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
@@ -345,3 +351,57 @@ def test_merge_flops_by_hand():
     dense = flops_breakdown(pair('vim_tiny_patch16_224'))['total']
     assert 1 - flops_breakdown(solved)['total'] / dense == pytest.approx(0.2, abs=0.03)
     assert not math.isnan(merge['total'])
+
+
+# ------------------------------------------------------------------------------------------------ class attention
+
+def _contribution_by_recurrence(u, step, A, Bm, Cm, gate, c):
+    """float64: run the recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t with only token j's input, read
+    y_c = C_c · h_c, gate it: token j's contribution to the class token, summed in absolute value over channels."""
+    E, L = u.shape
+    out = torch.zeros(L, dtype=torch.float64)
+    for j in range(c):
+        h = torch.zeros(E, A.shape[1], dtype=torch.float64)
+        for t in range(j, c + 1):
+            inp = (step[:, t] * u[:, t])[:, None] * Bm[None, :, t] if t == j else 0
+            h = torch.exp(step[:, t, None] * A) * h + inp
+        out[j] = ((h @ Cm[:, c]) * gate).abs().sum()
+    return out
+
+
+def test_class_attention_against_the_recurrence():
+    from timm_ssm_prune.models.vim import class_attention
+    g = torch.Generator().manual_seed(5)
+    batch, E, N, L = 2, 6, 3, 9
+    u = torch.randn(batch, E, L, generator=g, dtype=torch.float64)
+    step = torch.rand(batch, E, L, generator=g, dtype=torch.float64) * 0.5
+    A = -torch.rand(E, N, generator=g, dtype=torch.float64) * 2
+    Bm, Cm = (torch.randn(batch, N, L, generator=g, dtype=torch.float64) for _ in range(2))
+    gate = torch.randn(batch, E, generator=g, dtype=torch.float64)
+    c = torch.tensor([4, 6])
+    got = class_attention(u, step, A, Bm, Cm, gate, c, chunk=4)
+    for b in range(batch):
+        ref = _contribution_by_recurrence(u[b], step[b], A, Bm[b], Cm[b], gate[b], int(c[b]))
+        torch.testing.assert_close(got[b], ref, rtol=1e-10, atol=1e-12)
+    assert (got[0, 4:] == 0).all() and (got[0, :4] > 0).all()
+
+
+def test_vim_cls_importance_scores_both_directions_and_needs_a_class_token():
+    torch.manual_seed(6)
+    mixer = BiMambaMixer(8, d_state=4)
+    mixer.fwd.reset_parameters()
+    mixer.bwd.reset_parameters()
+    mixer = mixer.double().eval()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        _, sig = mixer(x, return_ssm=True, cls_pos=4)
+    attn = sig.class_attention
+    assert attn.shape == (2, 9) and (attn[:, 4] == 0).all() and (attn[:, :4] > 0).all() and (attn[:, 5:] > 0).all()
+    model = pair('vim_tiny_patch16_224', prune_layers=(2,), keep_rate=0.5, importance='cls')
+    seen = _capture(model)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    _, red = seen['red'][0]
+    assert torch.equal(red.keep, red.scores.topk(8, dim=-1).indices.sort(-1).values)
+    with pytest.raises(ValueError, match='PlainMamba has no class token'):
+        timm.create_model('plainmamba_l1', **TINY, prune_layers=(2,), keep_rate=0.5, importance='cls')

@@ -203,9 +203,11 @@ class PlainMamba2D(nn.Module):
         b = self.dt_proj.bias.to(acc_dtype(self.dt_proj.bias.dtype))
         return 2 * b if self.official_quirks else b
 
-    def forward(self, x: Tensor, layout: SnakeLayout, return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """x (B, n, C) tokens in sequence order; returns (out (B, n, C), SSM output y (B, n, E) or None).
-        y is the sum of the four directions at each token's position, gated: what importance is scored on."""
+    def forward(self, x: Tensor, layout: SnakeLayout,
+                return_ssm: Union[bool, str] = False) -> Tuple[Tensor, Optional[ScanSignal]]:
+        """x (B, n, C) tokens in sequence order; returns (out (B, n, C), the scan signal or None). The signal's y
+        (B, n, E) is the sum of the four directions at each token's position, gated: what importance is scored on;
+        its timescale is computed when ``return_ssm`` is True or 'delta' (the importance metric to be scored)."""
         batch, n, _ = x.shape
         E, N, R, S = self.d_inner, self.d_state, self.dt_rank, NUM_DIRECTIONS
         xi, z = self.in_proj(x).chunk(2, dim=-1)
@@ -239,10 +241,12 @@ class PlainMamba2D(nn.Module):
         y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
         y_seq = y_seq.reshape(batch, n, E) * F.silu(z)
         signal = None
-        if return_ssm:  # the step each token's input is written with, averaged over channels and directions
-            with torch.no_grad():
-                step = F.softplus(dts.to(f) + delta_bias).mean(-1).reshape(S * batch * n)  # by scan step
-                timescale = step.new_zeros(batch * n).index_add_(0, rows, step).reshape(batch, n) / S
+        if return_ssm:
+            timescale = None
+            if return_ssm in (True, 'delta'):  # the step each token's input is written with, mean over E and S
+                with torch.no_grad():
+                    step = F.softplus(dts.to(f) + delta_bias).mean(-1).reshape(S * batch * n)  # by scan step
+                    timescale = step.new_zeros(batch * n).index_add_(0, rows, step).reshape(batch, n) / S
             signal = ScanSignal(y_seq.detach(), timescale)
         return self.out_proj(y_seq), signal
 
@@ -261,7 +265,7 @@ class PlainMambaLayer(nn.Module):
             nn.GELU(),
         ) if with_dwconv else None
 
-    def forward(self, x: Tensor, layout: SnakeLayout, return_ssm: bool = False):
+    def forward(self, x: Tensor, layout: SnakeLayout, return_ssm: Union[bool, str] = False):
         out, ssm = self.mamba(self.norm(x), layout, return_ssm)
         x = x + self.drop_path(out)
         if self.dw is not None:  # replaces x, no residual (official L1 layer 0)
@@ -391,8 +395,9 @@ class PlainMamba(StagedModelMixin, nn.Module):
         return self.ln1(f) if norm else f
 
     def _check_prune_cfg(self, cfg):
-        if cfg.cls_position != 'middle':
-            raise ValueError("cls_position applies to Vim (its class token); PlainMamba has no class token")
+        if cfg.cls_position != 'middle' or cfg.importance == 'cls':
+            raise ValueError("cls_position and importance='cls' apply to Vim (its class token); PlainMamba has no "
+                             "class token")
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == 'avg':

@@ -194,9 +194,12 @@ class BiMambaMixer(nn.Module):
         self.bwd = VimBranch(self.d_inner, d_state, self.dt_rank, d_conv, **dd)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
 
-    def forward(self, x: Tensor, gaps: Optional[Tensor] = None,
-                return_ssm: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """x (B, L, C) -> (out (B, L, C), gated SSM output averaged over both directions (B, L, E) or None)."""
+    def forward(self, x: Tensor, gaps: Optional[Tensor] = None, return_ssm: Union[bool, str] = False,
+                cls_pos: Union[None, int, Tensor] = None) -> Tuple[Tensor, Optional[ScanSignal]]:
+        """x (B, L, C) -> (out (B, L, C), the scan signal or None). With ``return_ssm``: the gated SSM output
+        averaged over both directions (B, L, E); each token's timescale (``return_ssm`` True or 'delta', the
+        importance metric to be scored); given the class token's position ``cls_pos`` (and True or 'cls'), each
+        token's contribution to the class token's output (``class_attention``)."""
         E = self.d_inner
         xi, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
         uf, df, Bf, Cf = self.fwd(xi, self.scan_backend)
@@ -221,8 +224,47 @@ class BiMambaMixer(nn.Module):
         if return_ssm:  # the step each token's input is written with, averaged over channels and both directions
             with torch.no_grad():
                 step = F.softplus(delta.to(f) + bias[:, None])  # (B, 2E, L), the backward half reversed
-                signal = ScanSignal(y.detach(), (step[:, :E].mean(1) + step[:, E:].mean(1).flip(-1)) / 2)
+                timescale = attn = None
+                if return_ssm in (True, 'delta'):
+                    timescale = (step[:, :E].mean(1) + step[:, E:].mean(1).flip(-1)) / 2
+                if return_ssm in (True, 'cls') and cls_pos is not None:
+                    length = x.shape[1]
+                    c = torch.as_tensor(cls_pos, device=x.device).expand(x.shape[0])
+                    gate = F.silu(torch.gather(z.to(f), 2, c.view(-1, 1, 1).expand(-1, E, 1)).squeeze(-1))  # (B, E)
+                    fwd = class_attention(u[:, :E].to(f), step[:, :E], A[:E], Bf.to(f), Cf.to(f), gate, c)
+                    bwd = class_attention(u[:, E:].to(f), step[:, E:], A[E:], Bb.to(f), Cb.to(f), gate,
+                                          length - 1 - c)
+                    attn = fwd + bwd.flip(-1)
+                signal = ScanSignal(y.detach(), timescale, attn)
         return self.out_proj(y), signal
+
+
+def class_attention(u: Tensor, step: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, gate: Tensor, c: Tensor,
+                    chunk: int = 64) -> Tensor:
+    """How much each token contributes to the class token's output in one scan direction (the scan's "hidden
+    attention", Ali et al., arXiv:2403.01590): token j < c reaches the class token's output through
+
+        w[j, e] = Σ_n C[c, n] · exp(A[e, n] · Σ_{t=j+1..c} Δ[t, e]) · Δ[j, e] · B[j, n]
+
+    and contributes w[j, e] · u[j, e] · SiLU(z[c, e]) to channel e. Returns (B, L): Σ_e |that| for j < c, 0 for
+    j >= c (the class token itself and the tokens the direction reaches only after it).
+
+    u, step (= Δ): (B, E, L); A: (E, N); Bm, Cm: (B, N, L); gate: (B, E); c: (B,) long, the class token's place.
+    """
+    batch, E, length = u.shape
+    cum = step.cumsum(-1)
+    idx = c.view(-1, 1, 1)
+    decay = (torch.gather(cum, 2, idx.expand(-1, E, 1)) - cum).clamp_min(0)  # Σ_{t=j+1..c} Δ_t for j <= c
+    c_cls = torch.gather(Cm, 2, idx.expand(-1, Cm.shape[1], 1)).squeeze(-1)  # (B, N)
+    cb = c_cls.unsqueeze(-1) * Bm  # (B, N, L): C[c] ⊙ B[j]
+    out = u.new_zeros(batch, length)
+    for e0 in range(0, E, chunk):  # (B, e, L, N) at a time
+        sl = slice(e0, e0 + chunk)
+        kernel = torch.exp(A[sl, None, :] * decay[:, sl, :, None])  # (B, e, L, N)
+        w = torch.einsum('belN,bNl->bel', kernel, cb) * step[:, sl]
+        out += (w * u[:, sl] * gate[:, sl, None]).abs().sum(1)
+    before = torch.arange(length, device=u.device).unsqueeze(0) < c.unsqueeze(1)
+    return torch.where(before, out, torch.zeros_like(out))
 
 
 class VimBlock(nn.Module):
@@ -232,10 +274,11 @@ class VimBlock(nn.Module):
         self.mixer = BiMambaMixer(dim, device=device, dtype=dtype, **mixer_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, hidden: Tensor, residual: Optional[Tensor], layout: VimLayout, return_ssm: bool = False):
+    def forward(self, hidden: Tensor, residual: Optional[Tensor], layout: VimLayout,
+                return_ssm: Union[bool, str] = False):
         acc = acc_dtype(hidden.dtype)
         residual = hidden.to(acc) if residual is None else residual + self.drop_path(hidden).to(acc)
-        hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), layout.gaps, return_ssm)
+        hidden, ssm = self.mixer(self.norm(residual).to(hidden.dtype), layout.gaps, return_ssm, layout.cls_pos)
         return hidden, residual, ssm
 
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 __all__ = ['PruneConfig', 'PruneStage', 'IMPORTANCE_METRICS', 'ALIGNMENTS', 'REDUCTIONS', 'CLS_POSITIONS',
            'MERGE_PARTNERS', 'keep_count', 'evenly_spaced_stages']
 
-IMPORTANCE_METRICS = ('clip', 'l1', 'l2', 'sum', 'random', 'delta')
+IMPORTANCE_METRICS = ('clip', 'l1', 'l2', 'sum', 'random', 'delta', 'cls')
 ALIGNMENTS = ('aligned', 'naive', 'decay', 'packed')
 REDUCTIONS = ('prune', 'merge', 'hybrid')
 CLS_POSITIONS = ('middle', 'raster')
@@ -44,7 +44,8 @@ class PruneStage:
 class PruneConfig:
     """Where to prune (``stages``) and how (docs/method.md):
 
-    importance:      'clip' (the paper's Eq. 9) | 'l1' | 'l2' | 'sum' | 'random' | 'delta' (the scan's timescale)
+    importance:      'clip' (the paper's Eq. 9) | 'l1' | 'l2' | 'sum' | 'random' | 'delta' (the scan's timescale) |
+                     'cls' (Vim: the contribution to the class token through the scan)
     alignment:       'aligned' (ToP) | 'naive' (ViT-style packing in score order, the paper's baseline) |
                      'packed' (kept tokens condensed in their original order) | 'decay' (experimental)
     reduction:       'prune' (ToP: the others are dropped) | 'merge' (every other token is averaged into a kept

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PruneConfig, keep_count
-from .importance import ScanSignal, select_tokens, token_importance
+from .importance import ScanSignal, select_tokens, token_importance, top_indices
 from .layout import TokenLayout, gather_tokens
 
 __all__ = ['TokenReducer', 'Reduction', 'MergePlan', 'merge_average', 'record_merge_calls']
@@ -150,7 +150,8 @@ class TokenReducer(nn.Module):
         k = keep_count(n, self.keep_rate)
         if k == n and self.alignment not in ('naive', 'packed'):  # nothing dropped, order kept: no change
             return Reduction(layout)
-        scores = token_importance(signal.y, self.importance, self._generator(), signal.timescale)  # (B, L)
+        scores = token_importance(signal.y, self.importance, self._generator(), signal.timescale,
+                                  signal.class_attention)  # (B, L)
         scores = layout.patches(scores.unsqueeze(-1)).squeeze(-1)
         keep = select_tokens(scores, k, keep_order=self.alignment != 'naive')
         new_layout, index = layout.restrict(keep, self.alignment, self.cls_position)
@@ -167,11 +168,10 @@ class TokenReducer(nn.Module):
         k = keep.shape[1]
         dropped = torch.ones(batch, n, dtype=torch.bool, device=scores.device).scatter(1, keep, False)
         # the not-kept tokens, highest score first (ties to the lower index); the top share is merged
-        order = torch.sort(scores.masked_fill(~dropped, float('-inf')), dim=-1, descending=True, stable=True).indices
         m = round(self.merge_share * (n - k))
         if m == 0:
             return None
-        merged = order[:, :m]
+        merged = top_indices(scores.masked_fill(~dropped, float('-inf')), m)
         if self.merge_partner == 'similar':
             yn = F.normalize(layout.patches(y).detach().float(), dim=-1)
             sim = torch.bmm(gather_tokens(yn, merged), gather_tokens(yn, keep).transpose(1, 2))  # (B, m, k)

@@ -2,8 +2,9 @@
 
 A prunable model has ``self.layers`` (its blocks) and registers one ``TokenReducer`` per stage in
 ``self.reducers``. Each block is called as ``block(*state, layout, score) -> (*state, signal)``: ``state`` is
-the model's per-token stream(s) (PlainMamba: ``[x]``; Vim: ``[hidden, residual]``), ``signal`` the block's SSM
-output when ``score`` is True (the block just before a stage), else None. After such a block the stage's
+the model's per-token stream(s) (PlainMamba: ``[x]``; Vim: ``[hidden, residual]``), ``signal`` the block's
+``ScanSignal`` when ``score`` names the importance metric of the stage that follows the block (so the block
+computes only what that metric needs), else None. After such a block the stage's
 reducer decides and the loop applies the decision to every tensor of the state.
 """
 from __future__ import annotations
@@ -115,7 +116,7 @@ class PrunableMixin:
         feats, canvas = [], None
         for i, block in enumerate(self.layers[:stop]):
             reducer = at.get(i)
-            args = (*state, layout, reducer is not None)
+            args = (*state, layout, reducer.importance if reducer is not None else False)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 *state, signal = checkpoint(block, *args)
             else:

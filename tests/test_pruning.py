@@ -458,3 +458,11 @@ def test_timm_model_kwargs_flag_reaches_the_model():
     args = parser.parse_args(['--model-kwargs', 'prune_layers=[2,4]', 'keep_rate=[0.9,0.5]'])
     m = timm.create_model('vim_tiny_patch16_224', **TINY, **args.model_kwargs)
     assert m.token_counts() == [16, 15, 8]
+
+
+@pytest.mark.parametrize('backend', ['cuda', 'triton', 'torch'])
+def test_flops_are_counted_whatever_the_scan_backend(backend):
+    # one way to choose the kernels: the model's scan_backend (the ops' backend argument); counting FLOPs runs on
+    # meta tensors, where every backend falls back to the PyTorch ops' formulas
+    for name in ('vim_mini', 'plainmamba_mini'):
+        assert count_flops(timm.create_model(name, scan_backend=backend)) == count_flops(timm.create_model(name))

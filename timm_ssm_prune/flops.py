@@ -75,7 +75,7 @@ def _flop_table(model: nn.Module, input_size: Optional[Sequence[int]], batch_siz
     scan_calls: List[Tuple[int, int, int, int]] = []
     merge_calls: List[Tuple[int, int, int]] = []
     with _meta_call(model) as run, _scan.record_scan_calls(scan_calls), record_merge_calls(merge_calls), \
-            _scan.force_backend('torch'), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            torch.no_grad(), FlopCounterMode(display=False) as counter:  # meta tensors: the PyTorch ops' formulas
         run(x)
     return counter, scan_calls, merge_calls
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan import _BACKENDS, _STATE
+from .scan import _BACKENDS
 
 __all__ = ['causal_conv1d', 'causal_conv1d_available', 'CAUSAL_CONV1D_INSTALL_HINT']
 
@@ -39,8 +39,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, acti
     """
     if backend not in _BACKENDS:
         raise ValueError(f"causal_conv1d: backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == 'auto':
-        backend = getattr(_STATE, 'backend', None) or 'auto'
+    if x.is_meta:  # shapes only (FLOP counting): the PyTorch conv, whatever the backend
+        backend = 'torch'
     if activation not in (None, 'silu', 'swish'):
         raise ValueError(f"causal_conv1d: activation must be None or 'silu', got {activation!r}")
     if x.dim() != 3:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 __all__ = [
     'selective_scan', 'selective_scan_ref', 'cuda_kernels_available', 'scan_flops', 'CUDA_INSTALL_HINT',
-    'set_chunk_size', 'force_backend', 'record_scan_calls',
+    'set_chunk_size', 'record_scan_calls',
 ]
 
 CUDA_INSTALL_HINT = (
@@ -380,19 +380,6 @@ def record_scan_calls(log: List[Tuple[int, int, int, int]]):
         _STATE.log = prev
 
 
-@contextlib.contextmanager
-def force_backend(backend: str):
-    """Make ``backend='auto'`` calls use ``backend`` in this thread (e.g. 'torch' for FLOP counting)."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    prev = getattr(_STATE, 'backend', None)
-    _STATE.backend = backend
-    try:
-        yield
-    finally:
-        _STATE.backend = prev
-
-
 def scan_flops(batch: int, dim: int, length: int, dstate: int) -> int:
     """Multiply-accumulates of one scan call: 9·B·E·L·N + B·E·L (state-spaces/mamba#110, PlainMamba's get_flops)."""
     return 9 * batch * dim * length * dstate + batch * dim * length
@@ -425,9 +412,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """
     if backend not in _BACKENDS:
         raise ValueError(f"selective_scan: backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == 'auto':
-        backend = getattr(_STATE, 'backend', None) or 'auto'
     _check_args(u, delta, A, B, C, D, z, delta_bias)
+    if u.is_meta:  # shapes only (FLOP counting, fake tensors): the PyTorch op's meta kernel, whatever the backend
+        backend = 'torch'
     if backend == 'cuda':
         if _mamba_selective_scan_fn() is None:
             raise RuntimeError(CUDA_INSTALL_HINT)

@@ -1,19 +1,22 @@
 """The paper's tables at small scale, on Animal-MNIST, in one command.
 
     .venv/bin/pip install matplotlib            # for the plot
-    python benchmarks/paper_tables.py            # ~1 h 40 min on 2 CPU cores (64 jobs); results: benchmarks/RESULTS.md
+    python benchmarks/paper_tables.py            # ~2 h on 2 CPU cores; results: benchmarks/RESULTS.md
+    python benchmarks/paper_tables.py --no-finetune   # the zero-shot jobs only (~25 min)
 
 Base models: the project's plainmamba_mini and vim_mini (14x14 tokens, as ImageNet at 224/16), trained by
 benchmarks/train_animal_mnist.sh; their weights ship in timm_ssm_prune/weights/. Every number comes from a job
 (`timm-ssm-prune validate` or `train`) run as a subprocess, two at a time with one thread each; job results are
 cached under --work, so an interrupted run resumes where it stopped.
 
-* Table 1 analog: dense vs naive vs ToP at -30 % and -40 % FLOPs (three evenly spaced stages, one keep rate solved
+* Table 1 analog: dense vs naive (score order) vs packed (original order) vs ToP vs ToP + decay vs the best
+  training-free mode, at -30 % and -40 % FLOPs (three evenly spaced stages, each method's own keep rate solved
   with the package's FLOPs counter), zero-shot and after the same short fine-tune (dense fine-tuned alike as the
   control), two fine-tuning seeds.
-* Table 4 analog: importance metric ablation (clip, l1, l2, sum, random) with alignment, zero-shot at -30 %.
+* Table 4 analog: importance metric ablation (clip, l1, l2, sum, random over 5 seeds, delta), zero-shot at -30 %.
 * Table 5 analog: with vs without alignment: accuracy (from Table 1) and measured throughput.
-* Curve: top-1 vs GFLOPs for keep rates 0.5 ... 1.0, ToP vs naive (benchmarks/plots/acc_vs_flops.png).
+* Curve: top-1 vs GFLOPs for keep rates 0.5 ... 1.0, ToP vs naive vs packed, each from its own keep-1.0 point
+  (benchmarks/plots/acc_vs_flops.png).
 """
 from __future__ import annotations
 
@@ -41,15 +44,37 @@ from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402
 
 MODELS = ('plainmamba_mini', 'vim_mini')
 LEVELS = (0.3, 0.4)
-CURVE_RATES = (0.5, 0.6, 0.7, 0.8, 0.9)
-METRICS = ('clip', 'l1', 'l2', 'sum', 'random')
+CURVE_RATES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+METRICS = ('clip', 'l1', 'l2', 'sum', 'random', 'delta')
+RANDOM_SEEDS = (0, 1, 2, 3, 4)
+# Table 1's methods: label -> the kwargs beyond the stages and keep rate. Every method gets its own keep rate
+# for each FLOPs cut, solved with the package's counter (equal FLOPs, not equal keep rates).
+METHODS = {
+    'naive (ViT-style, score order)': dict(alignment='naive'),
+    'packed (ViT-style, original order)': dict(alignment='packed'),
+    'ToP (aligned)': dict(alignment='aligned'),
+    'ToP + decay': dict(alignment='decay'),
+}
+# The best training-free mode of benchmarks/leaderboard.py for each model (chosen there on a selection set drawn
+# from the training split, never on the validation split).
+BEST = {
+    'plainmamba_mini': dict(alignment='aligned'),
+    'vim_mini': dict(alignment='aligned'),
+}
+FINETUNED = ('naive (ViT-style, score order)', 'packed (ViT-style, original order)', 'ToP (aligned)')
 
 
-def prune_setting(model_name: str, reduction: float):
-    """(prune_layers, keep_rate) meeting the FLOPs reduction with three evenly spaced stages."""
+def prune_setting(model_name: str, reduction: float, **options):
+    """(prune_layers, keep_rate) meeting the FLOPs reduction with three evenly spaced stages, for this method."""
     m = timm.create_model(model_name)
-    m.set_pruning(flops_reduction=reduction, prune_layers=evenly_spaced_stages(len(m.layers), 3))
+    m.set_pruning(flops_reduction=reduction, prune_layers=evenly_spaced_stages(len(m.layers), 3), **options)
     return list(m.prune_cfg.prune_layers), m.prune_cfg.keep_rates[0]
+
+
+def method_kwargs(settings, model, level, label):
+    layers, rate = settings[model][level][label]
+    options = BEST[model] if label == 'best training-free' else METHODS[label]
+    return dict(prune_layers=layers, keep_rate=rate, **options)
 
 
 def kwargs_args(kw: dict):
@@ -108,8 +133,10 @@ def flops_of(model_name: str, kw: dict) -> float:
     return count_flops(m)
 
 
-def plan(models, seeds, ft_epochs, ft_lr):
-    settings = {m: {r: prune_setting(m, r) for r in LEVELS} for m in models}
+def plan(models, seeds, ft_epochs, ft_lr, finetune=True):
+    labels = list(METHODS) + ['best training-free']
+    settings = {m: {r: {lab: prune_setting(m, r, **(BEST[m] if lab == 'best training-free' else METHODS[lab]))
+                        for lab in labels} for r in LEVELS} for m in models}
     jobs = []
 
     def add(kind, model, kw, **extra):
@@ -118,24 +145,28 @@ def plan(models, seeds, ft_epochs, ft_lr):
     for m in models:
         add('eval', m, {})
         for r in LEVELS:
-            layers, rate = settings[m][r]
-            for al in ('aligned', 'naive', 'decay'):
-                add('eval', m, dict(prune_layers=layers, keep_rate=rate, alignment=al))
-            for metric in METRICS[1:]:
-                for s in ((0, 1) if metric == 'random' else (None,)):
-                    if r == LEVELS[0]:
-                        add('eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric), seed=s)
+            for lab in labels:
+                add('eval', m, method_kwargs(settings, m, r, lab))
+            if r == LEVELS[0]:
+                layers, rate = settings[m][r]['ToP (aligned)']
+                for metric in METRICS[1:]:
+                    if metric == 'random':
+                        for s in RANDOM_SEEDS:
+                            add('eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric,
+                                                importance_seed=s))
+                    else:
+                        add('eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
         layers = evenly_spaced_stages(6, 3)
         for rate in CURVE_RATES:
-            for al in ('aligned', 'naive'):
+            for al in ('aligned', 'naive', 'packed'):
                 add('eval', m, dict(prune_layers=list(layers), keep_rate=rate, alignment=al))
+        if not finetune:
+            continue
         for s in seeds:
             add('train', m, {}, seed=s, epochs=ft_epochs, lr=ft_lr)
             for r in LEVELS:
-                layers_r, rate = settings[m][r]
-                for al in ('aligned', 'naive'):
-                    add('train', m, dict(prune_layers=layers_r, keep_rate=rate, alignment=al), seed=s,
-                        epochs=ft_epochs, lr=ft_lr)
+                for lab in FINETUNED:
+                    add('train', m, method_kwargs(settings, m, r, lab), seed=s, epochs=ft_epochs, lr=ft_lr)
     return settings, jobs
 
 
@@ -146,20 +177,20 @@ def measure_throughput(models, settings, batch=64, repeats=7):
         x = torch.randn(batch, 1, 28, 28)
         nets = {'dense': timm.create_model(m).eval()}
         for r in LEVELS:
-            layers, rate = settings[m][r]
-            for al in ('aligned', 'naive'):
-                nets[f'{al}@{r}'] = timm.create_model(m, prune_layers=layers, keep_rate=rate, alignment=al).eval()
+            for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
+                nets[f'{lab}@{r}'] = timm.create_model(m, **method_kwargs(settings, m, r, lab)).eval()
         times = time_model(nets, x, repeats=repeats, warmup=2)
         out[m] = {k: batch / statistics.median(v) for k, v in times.items()}
     return out
 
 
 def fmt(vals):
+    """One value, or mean ± sample standard deviation (n stated)."""
     if not vals:
-        return 'n/a'
+        return 'not run'
     if len(vals) == 1:
         return f"{vals[0]:.2f}"
-    return f"{statistics.mean(vals):.2f} ± {(max(vals) - min(vals)) / 2:.2f}"
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})"
 
 
 def main(argv=None):
@@ -169,6 +200,8 @@ def main(argv=None):
     ap.add_argument('--finetune-epochs', type=int, default=1)
     ap.add_argument('--finetune-lr', type=float, default=2e-4)
     ap.add_argument('--jobs', type=int, default=2)
+    ap.add_argument('--no-finetune', action='store_true',
+                    help='zero-shot jobs only (the fine-tuned columns then read "not run")')
     ap.add_argument('--work', default=str(ROOT / 'output' / 'paper_tables'))
     ap.add_argument('--results', default=str(ROOT / 'benchmarks' / 'RESULTS.md'))
     ap.add_argument('--plot', default=str(ROOT / 'benchmarks' / 'plots' / 'acc_vs_flops.png'))
@@ -177,7 +210,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     from timm_ssm_prune.data import prepare_animal_mnist
     prepare_animal_mnist()
-    settings, jobs = plan(args.models, args.seeds, args.finetune_epochs, args.finetune_lr)
+    settings, jobs = plan(args.models, args.seeds, args.finetune_epochs, args.finetune_lr, not args.no_finetune)
     print(f"{len(jobs)} jobs ({sum(j['kind'] == 'train' for j in jobs)} fine-tunes), {args.jobs} at a time",
           flush=True)
     results = {}
@@ -214,60 +247,70 @@ def write_results(args, settings, jobs, results, throughput):
              'Produced by `python benchmarks/paper_tables.py` (machine: 2 CPU cores, torch '
              f'{torch.__version__}). Base models: `plainmamba_mini` and `vim_mini`, 14x14 tokens like ImageNet at '
              '224/16, trained by `benchmarks/train_animal_mnist.sh`. Top-1 (%) on the 2,000-image validation split. '
+             'Pruning: three evenly spaced stages; **every method gets its own keep rate**, solved for the FLOPs cut '
+             'with the package\'s counter, and each row prints the FLOPs it has. '
              f'Fine-tuned rows: {args.finetune_epochs} epoch at lr {args.finetune_lr}, seeds {list(seeds)}, '
-             'mean ± half the range. Pruning: three evenly spaced stages, one keep rate solved for the FLOPs cut '
-             'with the package\'s counter; naive uses the same stages and keep rate.', '']
+             'mean ± sample standard deviation. `importance=\'random\'`: seeds '
+             f'{list(RANDOM_SEEDS)} (`importance_seed`), mean ± standard deviation. "Best training-free" is '
+             'the mode `benchmarks/leaderboard.py` chose on a selection set from the training split.', '']
     for m in args.models:
         dense_g = flops_of(m, {})
-        lines += [f'## {m}', '', '### Table 1 analog: dense vs naive vs ToP', '',
+        lines += [f'## {m}', '', '### Table 1 analog: dense vs naive vs ToP (equal FLOPs)', '',
                   '| method | FLOPs cut | GFLOPs | stages / keep | top-1 zero-shot | top-1 fine-tuned |',
                   '|---|---|---|---|---|---|']
         lines.append(f"| dense | 0 % | {dense_g:.4f} | – | {fmt(_get(results, 'eval', m, {}))} | "
                      f"{fmt(_get(results, 'train', m, {}, seeds, **ft))} |")
         for r in LEVELS:
-            layers, rate = settings[m][r]
-            for al, label in (('naive', 'naive (ViT-style)'), ('aligned', 'ToP (ours)'), ('decay', 'ToP + decay')):
-                kw = dict(prune_layers=layers, keep_rate=rate, alignment=al)
+            for lab in list(METHODS) + ['best training-free']:
+                kw = method_kwargs(settings, m, r, lab)
                 g = flops_of(m, kw)
-                ftv = _get(results, 'train', m, kw, seeds, **ft) if al != 'decay' else []
-                lines.append(f"| {label} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | {layers} / {rate} | "
-                             f"{fmt(_get(results, 'eval', m, kw))} | {fmt(ftv)} |")
-        layers, rate = settings[m][LEVELS[0]]
-        lines += ['', f'### Table 4 analog: importance metric (aligned, zero-shot, -{100 * LEVELS[0]:.0f} % FLOPs)', '',
-                  '| metric | top-1 |', '|---|---|']
+                ftv = fmt(_get(results, 'train', m, kw, seeds, **ft)) if lab in FINETUNED else '–'
+                name = lab if lab != 'best training-free' else \
+                    'best training-free: ' + ', '.join(f"{k}={v}" for k, v in BEST[m].items())
+                lines.append(f"| {name} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | {kw['prune_layers']} / "
+                             f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {ftv} |")
+        layers, rate = settings[m][LEVELS[0]]['ToP (aligned)']
+        lines += ['', f'### Table 4 analog: importance metric (aligned, zero-shot, -{100 * LEVELS[0]:.0f} % FLOPs, '
+                  f'keep {rate})', '', '| metric | top-1 |', '|---|---|']
         for metric in METRICS:  # 'clip' is the ToP row of Table 1
-            kw = dict(prune_layers=layers, keep_rate=rate, alignment='aligned') if metric == 'clip' else \
-                dict(prune_layers=layers, keep_rate=rate, importance=metric)
-            vals = _get(results, 'eval', m, kw, (0, 1) if metric == 'random' else (None,))
+            if metric == 'clip':
+                vals = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, alignment='aligned'))
+            elif metric == 'random':
+                vals = [v for s in RANDOM_SEEDS for v in _get(results, 'eval', m, dict(
+                    prune_layers=layers, keep_rate=rate, importance=metric, importance_seed=s))]
+            else:
+                vals = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
             lines.append(f"| {metric} | {fmt(vals)} |")
         lines += ['', '### Table 5 analog: with vs without alignment', '',
-                  '| FLOPs cut | alignment | top-1 zero-shot | top-1 fine-tuned | img/s | speedup vs dense |',
-                  '|---|---|---|---|---|---|']
+                  '| FLOPs cut | alignment | keep | top-1 zero-shot | top-1 fine-tuned | img/s | speedup vs dense |',
+                  '|---|---|---|---|---|---|---|']
         tp = throughput[m]
         for r in LEVELS:
-            layers, rate = settings[m][r]
-            for al in ('naive', 'aligned'):
-                kw = dict(prune_layers=layers, keep_rate=rate, alignment=al)
-                lines.append(f"| {100 * r:.0f} % | {'without (naive)' if al == 'naive' else 'with (ToP)'} | "
-                             f"{fmt(_get(results, 'eval', m, kw))} | {fmt(_get(results, 'train', m, kw, seeds, **ft))}"
-                             f" | {tp[f'{al}@{r}']:.0f} | {tp[f'{al}@{r}'] / tp['dense']:.2f}x |")
+            for lab in ('naive (ViT-style, score order)', 'ToP (aligned)'):
+                kw = method_kwargs(settings, m, r, lab)
+                lines.append(f"| {100 * r:.0f} % | {'without (naive)' if 'naive' in lab else 'with (ToP)'} | "
+                             f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | "
+                             f"{fmt(_get(results, 'train', m, kw, seeds, **ft))} | {tp[f'{lab}@{r}']:.0f} | "
+                             f"{tp[f'{lab}@{r}'] / tp['dense']:.2f}x |")
         lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch 64, {torch.get_num_threads()} threads).\n")
-    lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({Path(args.plot).relative_to(Path(args.results).parent)})',
-              '', '| model | keep rate | GFLOPs | ToP top-1 | naive top-1 |', '|---|---|---|---|---|']
+    plot = Path(args.plot).relative_to(Path(args.results).parent)
+    lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({plot})', '',
+              'Each curve starts from its own keep-1.0 point (naive re-packs the tokens in score order even when it '
+              'keeps them all).', '', '| model | keep rate | GFLOPs | ToP top-1 | naive top-1 | packed top-1 |',
+              '|---|---|---|---|---|---|']
     curves = {}
     for m in args.models:
         layers = list(evenly_spaced_stages(6, 3))
-        dense_top1 = _get(results, 'eval', m, {})
-        pts = [(1.0, flops_of(m, {}), dense_top1[0] if dense_top1 else float('nan'),
-                dense_top1[0] if dense_top1 else float('nan'))]
+        pts = []
         for rate in CURVE_RATES:
-            kw_a = dict(prune_layers=layers, keep_rate=rate, alignment='aligned')
-            kw_n = dict(prune_layers=layers, keep_rate=rate, alignment='naive')
-            a, n = _get(results, 'eval', m, kw_a), _get(results, 'eval', m, kw_n)
-            pts.append((rate, flops_of(m, kw_a), a[0] if a else float('nan'), n[0] if n else float('nan')))
+            vals = []
+            for al in ('aligned', 'naive', 'packed'):
+                v = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, alignment=al))
+                vals.append(v[0] if v else float('nan'))
+            pts.append((rate, flops_of(m, dict(prune_layers=layers, keep_rate=rate)), *vals))
         curves[m] = sorted(pts)
-        for rate, g, a, n in sorted(pts, reverse=True):
-            lines.append(f"| {m} | {rate} | {g:.4f} | {a:.2f} | {n:.2f} |")
+        for rate, g, a, n, pk in sorted(pts, reverse=True):
+            lines.append(f"| {m} | {rate} | {g:.4f} | {a:.2f} | {n:.2f} | {pk:.2f} |")
     _plot(curves, args.plot)
     discussion = Path(__file__).with_name('results_discussion.md')
     if discussion.is_file():  # the written analysis, kept in its own file so that reruns keep it
@@ -290,7 +333,8 @@ def _plot(curves, path):
     for ax, (m, pts) in zip(axes[0], curves.items()):
         g = [p[1] * 1e3 for p in pts]
         ax.plot(g, [p[2] for p in pts], 'o-', label='ToP (aligned)')
-        ax.plot(g, [p[3] for p in pts], 's--', label='naive')
+        ax.plot(g, [p[3] for p in pts], 's--', label='naive (score order)')
+        ax.plot(g, [p[4] for p in pts], '^:', label='packed (original order)')
         for p in pts:
             ax.annotate(f"{p[0]:.1f}", (p[1] * 1e3, p[2]), fontsize=7, textcoords='offset points', xytext=(3, 3))
         ax.set_xlabel('MFLOPs per image')

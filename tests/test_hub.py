@@ -209,7 +209,7 @@ def test_hub_config_builds_its_model(name):
     assert model.prune_cfg == ref.prune_cfg
     if name.endswith('_pruned'):
         assert model.prune_cfg.enabled
-        assert {k: args[k] for k in hub.PRUNE_KEYS} == ref.prune_cfg.to_kwargs()
+        assert {k: args[k] for k in hub.PRUNE_KEYS if k in args} == ref.prune_cfg.to_kwargs()
         assert 'flops_reduction' not in args
     else:
         assert not model.prune_cfg.enabled and not set(hub.PRUNE_KEYS) & set(args)
@@ -410,8 +410,8 @@ def test_convert_end_to_end(tmp_path, pm_tiny_file, capsys):
     assert cfg['architecture'] == 'plainmamba_l1_pruned'
     args = cfg['model_args']
     assert args['embed_dim'] == 32 and args['depth'] == 4 and args['img_size'] == [64, 64]
-    assert {k: args[k] for k in hub.PRUNE_KEYS} == dict(prune_layers=[2], keep_rate=0.5, importance='clip',
-                                                          alignment='aligned')
+    assert {k: args[k] for k in hub.PRUNE_KEYS if k in args} == dict(
+        prune_layers=[2], keep_rate=0.5, importance='clip', alignment='aligned')
     assert cfg['pretrained_cfg']['custom_load'] is False and not SOURCE_KEYS & set(cfg['pretrained_cfg'])
     from safetensors.torch import load_file
     ref = load_direct('plainmamba_l1_pruned', pm_tiny_file, **PM_PRUNED_KW)
@@ -655,3 +655,14 @@ def test_missing_weights_in_converted_repo_names_that_repo(tmp_path, monkeypatch
     with pytest.raises(RuntimeError) as info:
         timm.create_model('hf-hub:someorg/no-weights', pretrained=True)
     assert 'someorg/no-weights' in str(info.value) and 'model.safetensors' in str(info.value)
+
+
+def test_hub_config_records_the_options_beyond_the_paper():
+    model = timm.create_model('vim_tiny_patch16_224_pruned', device='meta', reduction='hybrid', merge_fraction=0.25,
+                              importance='cls', cls_position='raster')
+    cfg = hub.hub_config(model)
+    args = cfg['model_args']
+    assert args['reduction'] == 'hybrid' and args['merge_fraction'] == 0.25 and args['cls_position'] == 'raster'
+    assert 'merge_partner' not in args and 'importance_seed' not in args  # defaults are not written
+    again = hub.create_from_config(json.loads(hub.config_json_text(cfg)), device='meta')
+    assert again.prune_cfg == model.prune_cfg

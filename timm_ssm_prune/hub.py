@@ -33,7 +33,10 @@ __all__ = ['hub_config', 'model_facts', 'render_model_card', 'write_hub_folder',
            'package_models', 'parse_front_matter', 'config_json_text', 'PRUNE_KEYS', 'CARD_TAGS',
            'HUB_CONFIG_FILES']
 
-PRUNE_KEYS = ('prune_layers', 'keep_rate', 'importance', 'alignment')
+# model_args that configure pruning: the first four always written for a pruned model, the others (the options
+# beyond the paper, PruneConfig.OPTION_DEFAULTS) when they differ from their defaults
+PRUNE_KEYS = ('prune_layers', 'keep_rate', 'importance', 'alignment', 'reduction', 'merge_fraction', 'merge_partner',
+              'cls_position', 'importance_seed')
 # Front-matter tags: timm's generate_readme defaults to [image-classification, timm, transformers]; these models
 # need this package, not transformers.
 CARD_TAGS = ('image-classification', 'timm', 'timm-ssm-prune', 'mamba', 'state-space-model')

@@ -207,11 +207,11 @@ def test_demo_smoke(folder, tmp_path, capsys):
     assert 'ToP' in out and 'naive' in out and 'speedup' in out
     res = json.loads((tmp_path / 'out' / 'demo_results.json').read_text())
     assert {(r['model'], r['variant']) for r in res} == {(m, v) for m in ('plainmamba_mini', 'vim_mini')
-                                                        for v in ('dense', 'ToP', 'naive')}
+                                                        for v in ('dense', 'default', 'ToP', 'naive')}
     for m in ('plainmamba_mini', 'vim_mini'):
         rows = {r['variant']: r for r in res if r['model'] == m}
-        assert rows['ToP']['gflops'] == pytest.approx(0.6 * rows['dense']['gflops'], rel=0.03)
-        assert rows['naive']['tokens'] == rows['ToP']['tokens']
+        for v in ('default', 'ToP', 'naive'):  # each method its own keep rate for the same FLOPs cut
+            assert rows[v]['gflops'] == pytest.approx(0.6 * rows['dense']['gflops'], rel=0.03), v
         Image.open(tmp_path / 'out' / f'kept_tokens_{m}.png').verify()
 
 

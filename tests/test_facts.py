@@ -7,7 +7,7 @@ import timm
 import timm_ssm_prune  # noqa: F401
 from timm_ssm_prune import hub
 from timm_ssm_prune.models import plainmamba, vim
-from timm_ssm_prune.models.facts import FACTS
+from timm_ssm_prune.models.facts import FACTS, TRAINING_FREE
 
 README = Path(__file__).resolve().parent.parent / 'README.md'
 
@@ -35,11 +35,14 @@ def test_every_registered_model_has_facts_and_the_registry_reads_them():
         if not name.endswith('_pruned') and not facts.shipped:
             assert f'top-1 {facts.top1}' in cfg['notes']
     assert {f'plainmamba_{k}': v for k, v in plainmamba.PRUNED_DEFAULTS.items()} == \
-        {n: f.pruned for n, f in FACTS.items() if n.startswith('plainmamba') and f.pruned}
-    assert {n: f.pruned for n, f in FACTS.items() if n.startswith('vim') and f.pruned} == \
-        {f'vim_{k}_patch16_224': v for k, v in vim.PRUNED_DEFAULTS.items()}
+        {n: dict(f.pruned, **TRAINING_FREE['plainmamba']) for n, f in FACTS.items()
+         if n.startswith('plainmamba') and f.pruned}
+    assert {n: dict(f.pruned, **TRAINING_FREE['vim']) for n, f in FACTS.items() if n.startswith('vim') and f.pruned} \
+        == {f'vim_{k}_patch16_224': v for k, v in vim.PRUNED_DEFAULTS.items()}
     for name, facts in FACTS.items():
         if facts.pruned:
             m = timm.create_model(f'{name}_pruned', device='meta')
             assert m.prune_cfg.prune_layers == facts.pruned['prune_layers']
             assert set(m.prune_cfg.keep_rates) == {facts.pruned['keep_rate']}
+            family = 'vim' if name.startswith('vim') else 'plainmamba'
+            assert all(getattr(m.prune_cfg, k) == v for k, v in TRAINING_FREE[family].items())

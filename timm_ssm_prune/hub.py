@@ -332,6 +332,38 @@ def _nondefault_args(arch: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+_OPTION_WORDS = {
+    ('importance', 'cls'): "tokens are scored by how much they contribute to the class token's output through the "
+                           "scan (not on the paper's clipped SSM-output sum)",
+    ('importance', 'delta'): "tokens are scored by the scan's timescale softplus(Δ)",
+    ('importance', 'l1'): "tokens are scored by the l1 norm of the block's SSM output",
+    ('cls_position', 'raster'): "the class token goes back to its original place in the sequence (not the middle)",
+    ('reduction', 'merge'): "the tokens not kept are merged into a kept token instead of being dropped",
+    ('reduction', 'hybrid'): "part of the tokens not kept are merged into a kept token, the rest dropped",
+    ('alignment', 'packed'): "kept tokens are packed on a condensed grid in their original order",
+}
+
+
+def _options_sentence(pc, family: str) -> str:
+    """The card's words for a configuration that goes beyond the paper's method (empty for ToP itself)."""
+    options = dict(pc.changed_options())
+    if pc.importance != 'clip':
+        options['importance'] = pc.importance
+    if pc.alignment not in ('aligned',):
+        options['alignment'] = pc.alignment
+    words = [_OPTION_WORDS.get((k, v), f"{k}={v}") for k, v in options.items()]
+    if not words:
+        return ''
+    from .models.facts import TRAINING_FREE
+    kwargs = ', '.join(f"{k}={v!r}" for k, v in options.items())
+    text = f" Beyond the paper, this configuration ({kwargs}): " + '; '.join(words) + "."
+    if options == TRAINING_FREE.get(family):
+        text += (" It is the package's training-free default for this family, chosen on a selection set from the "
+                 "training split of the project's small models (benchmarks/RESULTS.md, \"Leaderboard\").")
+    return text + (" The paper's method is `importance='clip'`, `alignment='aligned'`, `reduction='prune'`"
+                   + (", `cls_position='middle'`." if family == 'vim' else "."))
+
+
 def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None, *,
                       weights: Optional[str] = None, repo_id: Optional[str] = None,
                       converted_from: Optional[str] = None, known_weights: bool = True) -> str:
@@ -382,6 +414,7 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
                   f"the kept ones, which keep their positions in each scan (hidden-state alignment). Pruning adds no "
                   f"parameters" + (": the model runs the dense weights, training-free (no fine-tuning here)."
                                    if known_weights else "."))
+        intro += _options_sentence(pc, fam_key)
     elif arch.endswith('_pruned'):
         intro += " Token pruning is switched off in this configuration (`prune_layers=[]`)."
     else:
@@ -629,6 +662,11 @@ def model_table_markdown() -> str:
             flops += f" → {count_flops(pruned):.2f}"
             layers = ', '.join(str(b) for b in facts.pruned['prune_layers'])
             schedule = f"after blocks {layers}, keep {facts.pruned['keep_rate']}"
+            options = pruned.prune_cfg.changed_options()
+            if pruned.prune_cfg.importance != 'clip':
+                options = dict(importance=pruned.prune_cfg.importance, **options)
+            if options:
+                schedule += '; ' + ', '.join(f"{k}={v}" for k, v in options.items())
         elif facts.shipped:
             schedule = '– (use kwargs)'
         rows.append(f"| {names} | {params_text} | {flops} | {schedule} | {facts.weights} |")

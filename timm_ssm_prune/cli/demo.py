@@ -1,9 +1,11 @@
 """`timm-ssm-prune demo`: the main job on the embedded default.
 
 Takes the small PlainMamba and Vim that this project trained on Animal-MNIST (weights shipped in the package),
-prunes each training-free to the same FLOPs budget two ways, ToP (SSM importance + hidden-state alignment) and
-the naive ViT-style packing, and prints, for dense / ToP / naive: top-1 on the 2,000-image validation split,
-GFLOPs, and measured speed; then writes pictures of the tokens ToP keeps at each stage.
+reduces each training-free to the same FLOPs budget three ways: the package's default training-free mode
+(``models/facts.py::TRAINING_FREE``, chosen by ``benchmarks/leaderboard.py``), ToP (the paper: SSM importance +
+hidden-state alignment) and the naive ViT-style packing, each with its own keep rate solved for the budget; prints,
+for dense and each of them: top-1 on the 2,000-image validation split, GFLOPs, and measured speed; then writes
+pictures of the tokens the default mode keeps at each stage.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import timm
 from ..benchmark import time_model
 from ..flops import count_flops
 from ..models._base import WEIGHTS_DIR
+from ..models.facts import TRAINING_FREE
 from .common import CliError, create_eval_loader
 from .validate import evaluate
 from .visualize import render_kept_tokens
@@ -68,11 +71,11 @@ def run(args):
     results = []
     for name in args.models:
         dense = _load(name, args.weights_dir).eval()
-        top = copy.deepcopy(dense)
-        top.set_pruning(flops_reduction=args.flops_reduction)
-        naive = copy.deepcopy(dense)
-        naive.set_pruning(**dict(top.prune_cfg.to_kwargs(), alignment='naive'))
-        models = {'dense': dense, 'ToP': top, 'naive': naive}
+        variants = {'default': TRAINING_FREE[name.split('_')[0]], 'ToP': {}, 'naive': dict(alignment='naive')}
+        models = {'dense': dense}
+        for label, options in variants.items():
+            models[label] = copy.deepcopy(dense)
+            models[label].set_pruning(flops_reduction=args.flops_reduction, **options)
         loader, cfg = create_eval_loader(_loader_args(args), dense)
         x_time = None
         for label, model in models.items():
@@ -84,13 +87,13 @@ def run(args):
                                 tokens=model.token_counts(), pruning=model.prune_cfg.describe()))
         times = time_model(models, x_time, repeats=args.repeats, warmup=1)
         med = {k: statistics.median(v) for k, v in times.items()}
-        for r in results[-3:]:
+        for r in results[-len(models):]:
             r['img_per_s'] = x_time.shape[0] / med[r['variant']]
             r['speedup'] = med['dense'] / med[r['variant']]
         ds = loader.dataset  # one image from each eighth of the (class-sorted) split
         shown = torch.stack([ds[i * len(ds) // 8][0] for i in range(8)])
-        pic = render_kept_tokens(top, shown, cfg['mean'], cfg['std'], out_dir / f'kept_tokens_{name}.png')
-        results[-2]['picture'] = str(pic)
+        pic = render_kept_tokens(models['default'], shown, cfg['mean'], cfg['std'], out_dir / f'kept_tokens_{name}.png')
+        results[-3]['picture'] = str(pic)
 
     _print_table(results, args)
     (out_dir / 'demo_results.json').write_text(json.dumps(results, indent=1))
@@ -101,7 +104,7 @@ def run(args):
 
 
 def _print_table(results, args):
-    print(f"\nAnimal-MNIST validation ({results[0]['images']} images); ToP and naive prune to "
+    print(f"\nAnimal-MNIST validation ({results[0]['images']} images); every method reduces the tokens to "
           f"-{100 * args.flops_reduction:.0f} % FLOPs without any retraining")
     head = f"{'model':16s} {'variant':8s} {'top-1 %':>8s} {'GFLOPs':>8s} {'img/s':>8s} {'speedup':>8s}  tokens per stage"
     print(head)

@@ -41,8 +41,8 @@ def pruned_kwargs(defaults: dict, schedule: dict, kwargs: dict) -> dict:
     caller configures pruning itself (``prune_layers=()`` means no pruning; ``flops_reduction`` replaces the
     default keep rate), then the caller's kwargs."""
     out = dict(defaults)
-    if 'flops_reduction' in kwargs:
-        out['prune_layers'] = schedule['prune_layers']
+    if 'flops_reduction' in kwargs:  # the default stages and options, a keep rate solved for the target
+        out.update({k: v for k, v in schedule.items() if k != 'keep_rate'})
     elif 'prune_layers' not in kwargs or kwargs['prune_layers']:
         out.update(schedule)
     out.update(kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-__all__ = ['ModelFacts', 'FACTS', 'PUBLISHED_TOP', 'pruned_defaults']
+__all__ = ['ModelFacts', 'FACTS', 'PUBLISHED_TOP', 'TRAINING_FREE', 'pruned_defaults']
 
 PM_SOURCE = 'PlainMamba README (github.com/ChenhongyiYang/PlainMamba), ImageNet-1k val'
 VIM_SOURCE = 'Vim README (github.com/hustvl/Vim), ImageNet-1k val'
@@ -35,6 +35,14 @@ class ModelFacts:
             return f"shipped: Animal-MNIST, {self.top1} % top-1"
         return f"`{self.hub[0]}` `{self.hub[1]}`"
 
+
+# The package's default training-free reduction per family: the options beyond the paper that
+# benchmarks/leaderboard.py found best on a selection set drawn from the training split (benchmarks/RESULTS.md,
+# "Leaderboard"). The *_pruned names use them; ToP stays reachable with importance='clip', cls_position='middle'.
+TRAINING_FREE = {
+    'plainmamba': dict(),
+    'vim': dict(),
+}
 
 # Default schedules of the *_pruned names. PlainMamba: three evenly spaced stages, one keep rate solved with this
 # package's FLOPs counter for -41.6 % FLOPs at 224 (the paper's PlainMamba-L3 figure; tests/test_pruning.py checks
@@ -77,6 +85,8 @@ PUBLISHED_TOP = {
 
 
 def pruned_defaults(prefix: str) -> Dict[str, Dict]:
-    """Default schedules of a family's ``*_pruned`` names, keyed by variant (``'l1'``, ``'small'``, ...)."""
-    return {name[len(prefix):].split('_')[0]: f.pruned for name, f in FACTS.items()
+    """Default configuration of a family's ``*_pruned`` names, keyed by variant (``'l1'``, ``'small'``, ...): the
+    schedule of ``FACTS`` and the family's training-free options (``TRAINING_FREE``)."""
+    options = TRAINING_FREE[prefix.rstrip('_')]
+    return {name[len(prefix):].split('_')[0]: dict(f.pruned, **options) for name, f in FACTS.items()
             if name.startswith(prefix) and f.pruned}

@@ -151,6 +151,10 @@ def render(results, levels):
         dense = res['dense']
         lines.append(f"### {name} (dense: {dense['gflops']:.4f} GFLOPs, selection {dense['select']:.2f}, "
                      f"val {dense['val']:.2f})\n")
+        lines.append('Modes: `prune` (ToP: dropped), `merge` (folded into the most similar kept token), `hybrid` '
+                     '(half merged, half dropped); importance `clip` (the paper), `l1`, `delta` (timescale), `cls` '
+                     '(contribution to the class token), `random`; `raster-cls`: the class token at its original '
+                     'place (Vim).\n')
         head = '| method | ' + ' | '.join(f"-{lv:.0%}: GFLOPs | keep | select | **val**" for lv in levels) + \
                ' | mean select |'
         lines += [head, '|' + '---|' * (2 + 4 * len(levels))]

@@ -312,6 +312,16 @@ def write_results(args, settings, jobs, results, throughput):
         for rate, g, a, n, pk in sorted(pts, reverse=True):
             lines.append(f"| {m} | {rate} | {g:.4f} | {a:.2f} | {n:.2f} | {pk:.2f} |")
     _plot(curves, args.plot)
+    boards = sorted((ROOT / 'benchmarks' / 'results').glob('leaderboard_*.md'))
+    if boards:  # benchmarks/leaderboard.py's tables, as it last wrote them
+        lines += ['', '## Leaderboard: training-free reduction, every mode side by side', '',
+                  'From `python benchmarks/leaderboard.py --models MODEL --out benchmarks/results/leaderboard_MODEL` '
+                  '(one thread each). Rows are sorted by the mean selection top-1 over both FLOPs cuts; the selection '
+                  'set is 1,000 training-split images (100 per class, seed 0), which the minis saw in training: it '
+                  'ranks the modes, the validation column (2,000 unseen images) is the accuracy. Every row has its '
+                  'own keep rate for the FLOPs cut; random rows: mean ± std over importance_seed 0, 1, 2.', '']
+        for b in boards:
+            lines.append(b.read_text().rstrip() + '\n')
     discussion = Path(__file__).with_name('results_discussion.md')
     if discussion.is_file():  # the written analysis, kept in its own file so that reruns keep it
         lines += ['', discussion.read_text().rstrip()]

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import timm_ssm_prune  # noqa: E402,F401  (registers the models)
 from timm_ssm_prune.benchmark import time_model  # noqa: E402
 from timm_ssm_prune.flops import count_flops  # noqa: E402
+from timm_ssm_prune.models.facts import TRAINING_FREE  # noqa: E402
 from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402
 
 MODELS = ('plainmamba_mini', 'vim_mini')
@@ -55,12 +56,9 @@ METHODS = {
     'ToP (aligned)': dict(alignment='aligned'),
     'ToP + decay': dict(alignment='decay'),
 }
-# The best training-free mode of benchmarks/leaderboard.py for each model (chosen there on a selection set drawn
-# from the training split, never on the validation split).
-BEST = {
-    'plainmamba_mini': dict(alignment='aligned'),
-    'vim_mini': dict(alignment='aligned'),
-}
+# The package's training-free default of each family (models/facts.py: chosen by benchmarks/leaderboard.py on a
+# selection set drawn from the training split, never on the validation split).
+BEST = {m: TRAINING_FREE[m.split('_')[0]] for m in MODELS}
 FINETUNED = ('naive (ViT-style, score order)', 'packed (ViT-style, original order)', 'ToP (aligned)')
 
 
@@ -266,7 +264,8 @@ def write_results(args, settings, jobs, results, throughput):
                 g = flops_of(m, kw)
                 ftv = fmt(_get(results, 'train', m, kw, seeds, **ft)) if lab in FINETUNED else '–'
                 name = lab if lab != 'best training-free' else \
-                    'best training-free: ' + ', '.join(f"{k}={v}" for k, v in BEST[m].items())
+                    'package default (training-free): ' + (', '.join(f"{k}={v}" for k, v in BEST[m].items())
+                                                           or 'ToP')
                 lines.append(f"| {name} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | {kw['prune_layers']} / "
                              f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {ftv} |")
         layers, rate = settings[m][LEVELS[0]]['ToP (aligned)']

@@ -9,7 +9,8 @@ Sections:
   scan_bench    scan time forward and forward+backward at B=64, L=197, E=768, N=16 (Triton / PyTorch path /
                 mamba-ssm), and the gathered kernel at PlainMamba-L3's size (4 directions, E=896, L=196)
   model_parity  whole models at random weights, scan_backend='triton' vs 'torch': logits and gradients
-                (vim_small_patch16_224, plainmamba_l3 and their _pruned variants, batch 2)
+                (vim_small_patch16_224, plainmamba_l3 and their _pruned variants, batch 2); the 'triton' mixers
+                run selective_scan_gathered (no permuted copies), whose calls are counted
   throughput    dense vs pruned img/s (scan_backend='auto') at batch 64 and 256, fp32 and bf16 autocast,
                 next to the FLOPs ratio (timm_ssm_prune.flops.count_flops)
 
@@ -327,6 +328,27 @@ def _create(name, kwargs, device, backend, seed=0):
     return timm.create_model(name, pretrained=False, scan_backend=backend, **kwargs).to(device).eval()
 
 
+class _count_gathered:
+    """Counts the models' calls of selective_scan_gathered (the mixers' Triton path) while active."""
+
+    def __enter__(self):
+        from timm_ssm_prune.models import plainmamba, vim
+        self.calls, self.mods = [0], (plainmamba, vim)
+        self.orig = [m.selective_scan_gathered for m in self.mods]
+
+        def spy(*args, _fn=self.orig[0], **kwargs):
+            self.calls[0] += 1
+            return _fn(*args, **kwargs)
+        for m in self.mods:
+            m.selective_scan_gathered = spy
+        return self.calls
+
+    def __exit__(self, *exc):
+        for m, fn in zip(self.mods, self.orig):
+            m.selective_scan_gathered = fn
+        return False
+
+
 def section_model_parity(rec, device, smoke):
     bsz = 2
     for dense, pruned, base_kw, prune_kw in _model_names(smoke):
@@ -345,7 +367,9 @@ def section_model_parity(rec, device, smoke):
                     m_k.load_state_dict(m_t.state_dict())
                 cfg = m_t.pretrained_cfg.get('input_size', (3, 224, 224))
                 x = torch.randn(bsz, *cfg, generator=torch.Generator().manual_seed(0)).to(device)
-                out_t, out_k = m_t(x), m_k(x)
+                out_t = m_t(x)
+                with _count_gathered() as gathered:
+                    out_k = m_k(x)
                 out_abs, out_rel = maxdiff(out_k, out_t)
                 out_t.float().square().mean().backward()
                 out_k.float().square().mean().backward()
@@ -354,7 +378,8 @@ def section_model_parity(rec, device, smoke):
                             if pt.grad is not None and pk.grad is not None}
                 worst = max(grad_rel, key=grad_rel.get)
                 return dict(logits_max_abs=out_abs, logits_max_rel=out_rel, grad_worst_rel=grad_rel[worst],
-                            grad_worst=worst, n_grads=len(grad_rel), ok=bool(out_rel < 1e-3))
+                            grad_worst=worst, n_grads=len(grad_rel), gathered_calls=gathered[0],
+                            ok=bool(out_rel < 1e-3 and gathered[0] > 0))
             rec.guarded(f'model {label} triton vs torch', run, min_left=10.0)
 
 

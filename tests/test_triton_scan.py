@@ -333,3 +333,174 @@ def test_tuning_override_gives_the_same_results():
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match='power of two'):
         ts.set_triton_tuning(block_e=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# The models on the gathered kernel (scan_backend='triton'; 'auto' on CUDA without mamba-ssm)
+# ------------------------------------------------------------------------------------------------
+
+def test_gathered_scan_applies_follows_the_selective_scan_dispatch(monkeypatch):
+    from types import SimpleNamespace
+    from timm_ssm_prune.ops import scan as scan_mod
+    cpu, meta = torch.zeros(1), torch.zeros(1, device='meta')
+    assert ts.gathered_scan_applies('triton', cpu)
+    assert not ts.gathered_scan_applies('triton', meta)  # FLOP counting: the PyTorch ops' formulas
+    for backend in ('torch', 'auto', 'cuda'):
+        assert not ts.gathered_scan_applies(backend, cpu)
+    cuda = SimpleNamespace(is_cuda=True, is_meta=False, device=torch.device('cuda'))  # no GPU needed
+    monkeypatch.setattr(ts, 'triton_available', lambda device=None: True)
+    monkeypatch.setattr(scan_mod, '_mamba_selective_scan_fn', lambda: None)
+    assert ts.gathered_scan_applies('auto', cuda) and ts.gathered_scan_applies('triton', cuda)
+    assert not ts.gathered_scan_applies('torch', cuda) and not ts.gathered_scan_applies('cuda', cuda)
+    monkeypatch.setattr(scan_mod, '_mamba_selective_scan_fn', lambda: object())  # mamba-ssm imports: its kernel
+    assert not ts.gathered_scan_applies('auto', cuda)
+    monkeypatch.setattr(scan_mod, '_mamba_selective_scan_fn', lambda: None)
+    monkeypatch.setattr(ts, 'triton_available', lambda device=None: False)  # neither: the PyTorch path
+    assert not ts.gathered_scan_applies('auto', cuda)
+
+
+def test_flops_do_not_depend_on_the_scan_backend():
+    import timm
+    import timm_ssm_prune  # noqa: F401
+    from timm_ssm_prune.flops import count_flops
+    for name, kw in MODEL_KW.items():
+        fl = [count_flops(timm.create_model(name, scan_backend=b, prune_layers=(1,), keep_rate=0.5, **kw))
+              for b in ('torch', 'triton')]
+        assert fl[0] == fl[1] > 0
+
+
+PM_KW = dict(img_size=32, patch_size=8, stem_dim=8, embed_dim=16, depth=2)  # 4x4 tokens
+VIM_KW = dict(img_size=32, patch_size=8, embed_dim=16, depth=2)  # 4x4 tokens + the class token
+MODEL_KW = {'plainmamba_l1': PM_KW, 'vim_tiny_patch16_224': VIM_KW}
+
+
+class _Spy:
+    """Counts the models' calls of selective_scan_gathered (still calling it)."""
+
+    def __init__(self, monkeypatch):
+        from timm_ssm_prune.models import plainmamba, vim
+        self.calls = 0
+        for mod in (plainmamba, vim):
+            monkeypatch.setattr(mod, 'selective_scan_gathered', self._wrap(mod.selective_scan_gathered))
+
+    def _wrap(self, fn):
+        def spy(*args, **kwargs):
+            self.calls += 1
+            return fn(*args, **kwargs)
+        return spy
+
+
+def _model_pair(name, kw):
+    import copy
+    import timm
+    import timm_ssm_prune  # noqa: F401
+    torch.manual_seed(0)
+    ref = timm.create_model(name, scan_backend='torch', **MODEL_KW[name], **kw).eval()
+    tri = copy.deepcopy(ref)
+    for m in tri.modules():
+        if hasattr(m, 'scan_backend'):
+            m.scan_backend = 'triton'
+    return ref, tri
+
+
+def _assert_grads_close(ref, tri):
+    n = 0
+    for (name, p), (_, q) in zip(ref.named_parameters(), tri.named_parameters()):
+        if p.grad is None:
+            assert q.grad is None, name
+            continue
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4 * max(scale, 1e-6), msg=name)
+        n += 1
+    return n
+
+
+# Block 0 runs on the dense layout, block 1 on the stage's layout: both through the gathered kernel, except
+# 'decay' (the gaps scan, today's path) after the stage.
+@kernels
+@pytest.mark.parametrize('name,kw', [
+    ('plainmamba_l1', dict(alignment='aligned', importance='delta')),
+    ('plainmamba_l1', dict(alignment='packed')),
+    ('plainmamba_l1', dict(alignment='naive')),
+    ('plainmamba_l1', dict(reduction='merge')),
+    ('plainmamba_l1', dict(alignment='decay')),
+    ('vim_tiny_patch16_224', dict(alignment='aligned', importance='cls')),
+    ('vim_tiny_patch16_224', dict(alignment='naive', importance='delta')),
+    ('vim_tiny_patch16_224', dict(reduction='merge', cls_position='raster')),
+    ('vim_tiny_patch16_224', dict(alignment='decay')),
+])
+def test_models_on_the_gathered_kernel_match_the_torch_path(name, kw, monkeypatch):
+    ref, tri = _model_pair(name, dict(prune_layers=(1,), keep_rate=0.5, **kw))
+    spy = _Spy(monkeypatch)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out_r = ref(x)
+    assert spy.calls == 0  # the CPU path is untouched
+    out_t = tri(x.to(DEV))
+    assert spy.calls == (1 if kw.get('alignment') == 'decay' else 2)
+    torch.testing.assert_close(out_t.cpu(), out_r, rtol=1e-5, atol=1e-5)
+    out_r.square().mean().backward()
+    out_t.square().mean().backward()
+    assert _assert_grads_close(ref, tri) > 10
+
+
+@kernels
+def test_auto_on_cpu_models_keep_the_torch_path(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("scan_backend='auto' on CPU must not take the gathered kernel")
+    from timm_ssm_prune.models import plainmamba, vim
+    monkeypatch.setattr(plainmamba, 'selective_scan_gathered', boom)
+    monkeypatch.setattr(vim, 'selective_scan_gathered', boom)
+    import timm
+    for name, kw in MODEL_KW.items():
+        timm.create_model(name, scan_backend='auto', **kw).eval()(torch.randn(1, 3, 32, 32))
+
+
+@kernels
+@pytest.mark.parametrize('quirks,sparse', [(True, False), (False, True)])
+def test_plainmamba_mixer_gathered_signal_and_gradients(quirks, sparse):
+    """The mixer alone: output, the scan signal (y, timescale) and every gradient, with and without quirk Q2
+    (without it delta/B/C are read through the order too), on a dense and an aligned sparse layout."""
+    from timm_ssm_prune.models.plainmamba import PlainMamba2D, SnakeLayout
+    torch.manual_seed(0)
+    ref = PlainMamba2D(8, d_state=4, conv_size=3, official_quirks=quirks, scan_backend='torch')
+    tri = PlainMamba2D(8, d_state=4, conv_size=3, official_quirks=quirks, scan_backend='triton')
+    tri.load_state_dict(ref.state_dict())
+    H, W = 3, 4
+    if sparse:
+        pos = torch.tensor([[0, 2, 3, 5, 6, 9, 11], [1, 2, 4, 7, 8, 10, 11]])
+        layout = SnakeLayout.sparse((H, W), pos, (H, W), pos)
+    else:
+        layout = SnakeLayout.dense(2, (H, W), 'cpu')
+    assert layout.perm is not None
+    torch.testing.assert_close(layout.scan_perm(), SnakeLayout(**{**layout.__dict__, 'perm': None}).scan_perm())
+    x = torch.randn(2, layout.num_patches, 8)
+    out_r, sig_r = ref(x, layout, return_ssm=True)
+    out_t, sig_t = tri(x, layout, return_ssm=True)
+    torch.testing.assert_close(out_t, out_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sig_t.y, sig_r.y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sig_t.timescale, sig_r.timescale, rtol=1e-6, atol=1e-7)
+    out_r.square().sum().backward()
+    out_t.square().sum().backward()
+    assert _assert_grads_close(ref, tri) == len(list(ref.parameters()))
+
+
+@kernels
+def test_vim_mixer_gathered_signal():
+    """Vim's mixer: output and the whole scan signal (y, timescale, class_attention), class token mid-sequence."""
+    from timm_ssm_prune.models.vim import BiMambaMixer
+    torch.manual_seed(0)
+    ref = BiMambaMixer(8, d_state=4, scan_backend='torch')
+    ref.fwd.reset_parameters()
+    ref.bwd.reset_parameters()
+    tri = BiMambaMixer(8, d_state=4, scan_backend='triton')
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 9, 8)
+    out_r, sig_r = ref(x, None, True, 4)
+    out_t, sig_t = tri(x, None, True, 4)
+    torch.testing.assert_close(out_t, out_r, rtol=1e-5, atol=1e-5)
+    for a, b in zip(sig_t, sig_r):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    out_r.square().sum().backward()
+    out_t.square().sum().backward()
+    assert _assert_grads_close(ref, tri) == len(list(ref.parameters()))

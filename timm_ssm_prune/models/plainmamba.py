@@ -35,6 +35,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..ops import decay_selective_scan, selective_scan
+from ..ops.triton_scan import gathered_scan_applies, selective_scan_gathered
 from ..pruning import ScanSignal, TokenLayout, condensed_grid, restrict_scan_order
 from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, ceil_div, check_checkpoint_compatible,
                     check_image_input, conv_out, imagenet_cfg, init_ssm_params, resample_grid_embed)
@@ -94,6 +95,8 @@ class SnakeLayout(TokenLayout):
               one after a 'naive' stage
     pos:      (B, n) position of each token on ``scan_grid``, or None (the full grid in raster order)
     gather:   (4*B*n,) row of the flattened (B*n) sequence visited at each scan step, direction-major
+    perm:     (4, B, n) sequence index visited at each scan step (``gather`` without the batch offsets): the
+              position map of the Triton scan ``selective_scan_gathered``; None: derived from ``gather``
     codes:    (4, B, n) direction code at each scan step
     gaps:     (4, B, n) pruned positions skipped before each scan step, or None (no 'decay')
     flat_pos: (B*n,) flattened grid row of each token (b*H'*W' + pos), for scatter/gather around the conv
@@ -107,17 +110,27 @@ class SnakeLayout(TokenLayout):
     gaps: Optional[Tensor] = None
     flat_pos: Optional[Tensor] = None
     size: Optional[Tensor] = None
+    perm: Optional[Tensor] = None
 
     @property
     def num_patches(self) -> int:
         return self.codes.shape[-1]
+
+    def scan_perm(self) -> Tensor:
+        """(4, B, n) sequence index visited at each scan step of each direction."""
+        if self.perm is not None:
+            return self.perm
+        S, batch, n = self.codes.shape
+        offs = torch.arange(batch, device=self.gather.device).view(1, batch, 1) * n
+        return self.gather.view(S, batch, n) - offs
 
     @classmethod
     def dense(cls, batch: int, grid: Tuple[int, int], device) -> 'SnakeLayout':
         order, _, _, code_at_step = (t.to(device) for t in snake_scan_tables(*grid))
         offs = torch.arange(batch, device=device).view(1, batch, 1) * (grid[0] * grid[1])
         gather = (order.unsqueeze(1) + offs).reshape(-1)
-        return cls(grid, None, grid, None, gather, code_at_step.unsqueeze(1).expand(-1, batch, -1))
+        return cls(grid, None, grid, None, gather, code_at_step.unsqueeze(1).expand(-1, batch, -1),
+                   perm=order.unsqueeze(1).expand(-1, batch, -1))
 
     @classmethod
     def sparse(cls, grid: Tuple[int, int], index: Tensor, scan_grid: Tuple[int, int], pos: Tensor,
@@ -131,7 +144,8 @@ class SnakeLayout(TokenLayout):
         offs = torch.arange(batch, device=pos.device).view(1, batch, 1) * n
         gather = (perm + offs).reshape(-1)
         flat_pos = (pos + torch.arange(batch, device=pos.device).view(batch, 1) * (scan_grid[0] * scan_grid[1]))
-        return cls(grid, index, scan_grid, pos, gather, codes, gaps if with_gaps else None, flat_pos.reshape(-1))
+        return cls(grid, index, scan_grid, pos, gather, codes, gaps if with_gaps else None, flat_pos.reshape(-1),
+                   perm=perm)
 
     def restrict(self, keep: Tensor, alignment: str, cls_position: str = 'middle') -> Tuple['SnakeLayout', Tensor]:
         index = self.original_index(keep)
@@ -219,33 +233,49 @@ class PlainMamba2D(nn.Module):
         delta_bias = self.dt_proj.bias.to(f)
 
         rows = layout.gather  # (S*B*n,) sequence row visited at each scan step
-        u = xc.reshape(batch * n, E)[rows].reshape(S * batch, n, E)
         dir_term = self.direction_Bs[layout.codes].to(Bm.dtype)  # (S, B, n, N): by scan step
-        if self.official_quirks:  # Q2: only u follows the scan order; dt, B, C stay in sequence order
-            dts = dt.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, E)
-            Bs = (Bm.unsqueeze(0) + dir_term).reshape(S * batch, n, N)
-            Cs = Cm.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, N)
+        if layout.gaps is None and gathered_scan_applies(self.scan_backend, xc):
+            # The Triton scan reads the tokens through each direction's visiting order (with Q2, dt/B/C by step)
+            # and adds the four outputs back at the positions visited, then gates: no permuted copies.
+            y_seq = selective_scan_gathered(
+                xc.transpose(1, 2), dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
+                layout.scan_perm(), D=self.D.to(f), z=z.transpose(1, 2), delta_bias=delta_bias,
+                delta_softplus=True, B_step=dir_term.transpose(2, 3),
+                step_order=('delta', 'B', 'C') if self.official_quirks else (), backend='triton').transpose(1, 2)
+            dts = None
         else:
-            dts = dt.reshape(batch * n, E)[rows].reshape(S * batch, n, E)
-            Bs = (Bm.reshape(batch * n, N)[rows].reshape(S, batch, n, N) + dir_term).reshape(S * batch, n, N)
-            Cs = Cm.reshape(batch * n, N)[rows].reshape(S * batch, n, N)
+            u = xc.reshape(batch * n, E)[rows].reshape(S * batch, n, E)
+            if self.official_quirks:  # Q2: only u follows the scan order; dt, B, C stay in sequence order
+                dts = dt.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, E)
+                Bs = (Bm.unsqueeze(0) + dir_term).reshape(S * batch, n, N)
+                Cs = Cm.unsqueeze(0).expand(S, -1, -1, -1).reshape(S * batch, n, N)
+            else:
+                dts = dt.reshape(batch * n, E)[rows].reshape(S * batch, n, E)
+                Bs = (Bm.reshape(batch * n, N)[rows].reshape(S, batch, n, N) + dir_term).reshape(S * batch, n, N)
+                Cs = Cm.reshape(batch * n, N)[rows].reshape(S * batch, n, N)
 
-        if layout.gaps is not None:  # 'decay' alignment after a pruning stage
-            y = decay_selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2),
-                                     Cs.transpose(1, 2), self.D, None, delta_bias, self.effective_dt_bias(),
-                                     layout.gaps.reshape(S * batch, 1, n), self.scan_backend)
-        else:
-            y = selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2), Cs.transpose(1, 2),
-                               self.D.to(f), None, delta_bias, True, backend=self.scan_backend)
-        # back to sequence order, summing the four directions
-        y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
-        y_seq = y_seq.reshape(batch, n, E) * F.silu(z)
+            if layout.gaps is not None:  # 'decay' alignment after a pruning stage
+                y = decay_selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2),
+                                         Cs.transpose(1, 2), self.D, None, delta_bias, self.effective_dt_bias(),
+                                         layout.gaps.reshape(S * batch, 1, n), self.scan_backend)
+            else:
+                y = selective_scan(u.transpose(1, 2), dts.transpose(1, 2), A, Bs.transpose(1, 2),
+                                   Cs.transpose(1, 2), self.D.to(f), None, delta_bias, True,
+                                   backend=self.scan_backend)
+            # back to sequence order, summing the four directions
+            y_seq = y.new_zeros(batch * n, E).index_add_(0, rows, y.transpose(1, 2).reshape(S * batch * n, E))
+            y_seq = y_seq.reshape(batch, n, E) * F.silu(z)
         signal = None
         if return_ssm:
             timescale = None
             if return_ssm in (True, 'delta'):  # the step each token's input is written with, mean over E and S
                 with torch.no_grad():
-                    step = F.softplus(dts.to(f) + delta_bias).mean(-1).reshape(S * batch * n)  # by scan step
+                    if dts is None:  # the gathered scan: the same steps, from dt in sequence order
+                        step = F.softplus(dt.to(f) + delta_bias).mean(-1)  # (B, n)
+                        step = (step.unsqueeze(0).expand(S, -1, -1) if self.official_quirks
+                                else step.reshape(batch * n)[rows]).reshape(S * batch * n)
+                    else:
+                        step = F.softplus(dts.to(f) + delta_bias).mean(-1).reshape(S * batch * n)  # by scan step
                     timescale = step.new_zeros(batch * n).index_add_(0, rows, step).reshape(batch, n) / S
             signal = ScanSignal(y_seq.detach(), timescale)
         return self.out_proj(y_seq), signal

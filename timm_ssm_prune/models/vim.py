@@ -31,6 +31,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..ops import causal_conv1d, decay_selective_scan, selective_scan
+from ..ops.triton_scan import gathered_scan_applies, selective_scan_gathered
 from ..pruning import ScanSignal, TokenLayout, gather_tokens, skipped_before
 from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, check_checkpoint_compatible,
                     check_image_input, imagenet_cfg, init_ssm_params, resample_grid_embed)
@@ -173,9 +174,16 @@ class VimBranch(nn.Module):
     def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1):
         init_ssm_params(self.dt_proj, self.A_log, self.D, self.dt_rank, 1.0, dt_min, dt_max)
 
-    def forward(self, x: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x (B, E, L) -> u (B, E, L), delta (B, E, L) (before bias/softplus), B (B, N, L), C (B, N, L)."""
-        u = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, activation='silu', backend=backend)
+    def forward(self, x: Tensor, backend: str, reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (B, E, L) -> u (B, E, L), delta (B, E, L) (before bias/softplus), B (B, N, L), C (B, N, L).
+        ``reverse``: the branch run on x.flip(-1), its outputs flipped back to x's order (computed in x's order:
+        the reversed causal conv is the right-padded conv with the flipped kernel)."""
+        if reverse:
+            width = self.conv1d.weight.shape[-1]
+            u = F.silu(F.conv1d(F.pad(x, (0, width - 1)), self.conv1d.weight.flip(-1), self.conv1d.bias,
+                                groups=x.shape[1]))
+        else:
+            u = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, activation='silu', backend=backend)
         dt, Bm, Cm = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)
         return u, delta.transpose(1, 2), Bm.transpose(1, 2), Cm.transpose(1, 2)
@@ -203,6 +211,8 @@ class BiMambaMixer(nn.Module):
         E = self.d_inner
         xi, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
         uf, df, Bf, Cf = self.fwd(xi, self.scan_backend)
+        if gaps is None and gathered_scan_applies(self.scan_backend, xi):
+            return self._forward_gathered(x, xi, z, (uf, df, Bf, Cf), return_ssm, cls_pos)
         ub, db, Bb, Cb = self.bwd(xi.flip(-1), self.scan_backend)
         # both directions in one scan: channels [0, E) forward, [E, 2E) backward (groups of B/C)
         u = torch.cat([uf, ub], dim=1)
@@ -210,10 +220,7 @@ class BiMambaMixer(nn.Module):
         Bs = torch.stack([Bf, Bb], dim=1)
         Cs = torch.stack([Cf, Cb], dim=1)
         zz = torch.cat([z, z.flip(-1)], dim=1)
-        f = acc_dtype(self.fwd.A_log.dtype)
-        A = -torch.exp(torch.cat([self.fwd.A_log, self.bwd.A_log]).to(f))
-        D = torch.cat([self.fwd.D, self.bwd.D]).to(f)
-        bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).to(f)
+        _, A, D, bias = self._scan_params()
         if gaps is not None:  # 'decay' alignment after a pruning stage
             g = torch.stack([gaps[0], gaps[1].flip(-1)], dim=1).repeat_interleave(E, dim=1)  # (B, 2E, L)
             y = decay_selective_scan(u, delta, A, Bs, Cs, D, zz, bias, bias, g, backend=self.scan_backend)
@@ -221,22 +228,62 @@ class BiMambaMixer(nn.Module):
             y = selective_scan(u, delta, A, Bs, Cs, D, zz, bias, True, backend=self.scan_backend)
         y = ((y[:, :E] + y[:, E:].flip(-1)) / 2).transpose(1, 2)  # (B, L, E)
         signal = None
-        if return_ssm:  # the step each token's input is written with, averaged over channels and both directions
-            with torch.no_grad():
-                step = F.softplus(delta.to(f) + bias[:, None])  # (B, 2E, L), the backward half reversed
-                timescale = attn = None
-                if return_ssm in (True, 'delta'):
-                    timescale = (step[:, :E].mean(1) + step[:, E:].mean(1).flip(-1)) / 2
-                if return_ssm in (True, 'cls') and cls_pos is not None:
-                    length = x.shape[1]
-                    c = torch.as_tensor(cls_pos, device=x.device).expand(x.shape[0])
-                    gate = F.silu(torch.gather(z.to(f), 2, c.view(-1, 1, 1).expand(-1, E, 1)).squeeze(-1))  # (B, E)
-                    fwd = class_attention(u[:, :E].to(f), step[:, :E], A[:E], Bf.to(f), Cf.to(f), gate, c)
-                    bwd = class_attention(u[:, E:].to(f), step[:, E:], A[E:], Bb.to(f), Cb.to(f), gate,
-                                          length - 1 - c)
-                    attn = fwd + bwd.flip(-1)
-                signal = ScanSignal(y.detach(), timescale, attn)
+        if return_ssm:
+            signal = self._scan_signal(x, z, y, u, delta, A, bias, Bf, Cf, Bb, Cb, return_ssm, cls_pos)
         return self.out_proj(y), signal
+
+    def _scan_params(self) -> Tuple[torch.dtype, Tensor, Tensor, Tensor]:
+        """Both branches' A (2E, N), D and delta_bias (2E,) in the scan's float dtype f: forward, then backward."""
+        f = acc_dtype(self.fwd.A_log.dtype)
+        A = -torch.exp(torch.cat([self.fwd.A_log, self.bwd.A_log]).to(f))
+        D = torch.cat([self.fwd.D, self.bwd.D]).to(f)
+        bias = torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).to(f)
+        return f, A, D, bias
+
+    def _forward_gathered(self, x: Tensor, xi: Tensor, z: Tensor, fwd: Tuple[Tensor, Tensor, Tensor, Tensor],
+                          return_ssm: Union[bool, str], cls_pos) -> Tuple[Tensor, Optional[ScanSignal]]:
+        """The Triton path (no 'decay' gaps): the backward branch computed in sequence order and both directions
+        run by ``selective_scan_gathered`` with the orders (identity, reversed), summed in sequence order and
+        gated by SiLU(z): no flipped copies (the signal, when asked for, is computed from the flipped ones)."""
+        E = self.d_inner
+        batch, length = x.shape[:2]
+        uf, df, Bf, Cf = fwd
+        ub, db, Bb, Cb = self.bwd(xi, self.scan_backend, reverse=True)  # sequence order
+        _, A, D, bias = self._scan_params()
+        cl = lambda a, b: torch.stack([a.transpose(-1, -2), b.transpose(-1, -2)]).transpose(-1, -2)  # noqa: E731
+        ar = torch.arange(length, device=x.device)
+        order = torch.stack([ar, ar.flip(0)]).view(2, 1, length).expand(2, batch, length)
+        y = selective_scan_gathered(cl(uf, ub), cl(df, db), A.view(2, E, -1), cl(Bf, Bb).unsqueeze(2),
+                                    cl(Cf, Cb).unsqueeze(2), order, D=D.view(2, E), z=z, delta_bias=bias.view(2, E),
+                                    delta_softplus=True, backend='triton')
+        y = (y / 2).transpose(1, 2)  # (B, L, E)
+        signal = None
+        if return_ssm:  # the same quantities as the other path: the backward branch in its own (reversed) order
+            with torch.no_grad():
+                u = torch.cat([uf, ub.flip(-1)], dim=1)
+                delta = torch.cat([df, db.flip(-1)], dim=1)
+            signal = self._scan_signal(x, z, y, u, delta, A, bias, Bf, Cf, Bb.flip(-1), Cb.flip(-1), return_ssm,
+                                       cls_pos)
+        return self.out_proj(y), signal
+
+    def _scan_signal(self, x, z, y, u, delta, A, bias, Bf, Cf, Bb, Cb, return_ssm, cls_pos) -> ScanSignal:
+        """The scan signal: u, delta (B, 2E, L), A (2E, N), bias (2E,), the branches' B and C (B, N, L); the
+        backward branch's quantities in the reversed sequence's order (its scan's)."""
+        E = self.d_inner
+        f = A.dtype
+        with torch.no_grad():  # the step each token's input is written with, averaged over channels and directions
+            step = F.softplus(delta.to(f) + bias[:, None])  # (B, 2E, L), the backward half reversed
+            timescale = attn = None
+            if return_ssm in (True, 'delta'):
+                timescale = (step[:, :E].mean(1) + step[:, E:].mean(1).flip(-1)) / 2
+            if return_ssm in (True, 'cls') and cls_pos is not None:
+                length = x.shape[1]
+                c = torch.as_tensor(cls_pos, device=x.device).expand(x.shape[0])
+                gate = F.silu(torch.gather(z.to(f), 2, c.view(-1, 1, 1).expand(-1, E, 1)).squeeze(-1))  # (B, E)
+                fwd = class_attention(u[:, :E].to(f), step[:, :E], A[:E], Bf.to(f), Cf.to(f), gate, c)
+                bwd = class_attention(u[:, E:].to(f), step[:, E:], A[E:], Bb.to(f), Cb.to(f), gate, length - 1 - c)
+                attn = fwd + bwd.flip(-1)
+            return ScanSignal(y.detach(), timescale, attn)
 
 
 def class_attention(u: Tensor, step: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, gate: Tensor, c: Tensor,

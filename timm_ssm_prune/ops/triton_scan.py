@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['selective_scan_triton', 'selective_scan_gathered', 'selective_scan_gathered_ref',
-           'triton_available', 'set_triton_tuning', 'TRITON_INSTALL_HINT', 'TRITON_CPU_HINT']
+           'triton_available', 'gathered_scan_applies', 'set_triton_tuning', 'TRITON_INSTALL_HINT', 'TRITON_CPU_HINT']
 
 TRITON_INSTALL_HINT = (
     "Triton is not available: it ships with the CUDA builds of PyTorch (or `pip install triton`); "
@@ -76,6 +76,20 @@ def triton_available(device: Optional[torch.device] = None) -> bool:
         return torch.cuda.is_available() and (
             _INTERPRETED_AT_IMPORT or torch.cuda.get_device_capability(device) >= (7, 5))
     return device.type == 'cpu' and _INTERPRETED_AT_IMPORT and _interpreting()
+
+
+def gathered_scan_applies(backend: str, x: Tensor) -> bool:
+    """Whether a model's mixer with ``scan_backend=backend`` runs its scans through :func:`selective_scan_gathered`
+    on tensors like ``x``: exactly when :func:`timm_ssm_prune.ops.selective_scan` would take the Triton kernel
+    ('triton'; 'auto' on CUDA tensors when mamba-ssm's kernel does not import and Triton is available), except
+    on meta tensors (FLOP counting: the PyTorch ops' formulas) and under ``torch.onnx.export`` (the ONNX Scan).
+    With 'triton' on a device Triton cannot run on, the gathered call raises selective_scan's clear error."""
+    if backend == 'triton':
+        return not (x.is_meta or torch.onnx.is_in_onnx_export())
+    if backend != 'auto' or not x.is_cuda or torch.onnx.is_in_onnx_export():
+        return False
+    from .scan import _mamba_selective_scan_fn
+    return _mamba_selective_scan_fn() is None and triton_available(x.device)
 
 
 def _require(device: torch.device) -> None:

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     'run-timm': 'run_timm',
     'convert': 'convert',
     'push': 'push',
+    'export': 'export',
 }
 
 HELP = {
@@ -30,6 +31,7 @@ HELP = {
     'run-timm': "run timm's own train.py / validate.py / benchmark.py with this package's models registered",
     'convert': 'official checkpoint -> model.safetensors + config.json + model card (verified)',
     'push': 'upload a converted model folder to the Hugging Face Hub',
+    'export': 'ONNX file with a dynamic batch (dense or pruned), checked against PyTorch with onnxruntime',
 }
 
 PROG = 'timm-ssm-prune'

@@ -129,7 +129,10 @@ def take_indices(num_blocks: int, indices: Union[int, Sequence[int], None]) -> T
 
 def check_image_input(model, x: Tensor) -> None:
     """Clear errors for a batch the model cannot take: wrong rank/channels, or another size without
-    ``dynamic_img_size``."""
+    ``dynamic_img_size``; a clear error under TorchScript tracing (not a supported export route)."""
+    if torch.jit.is_tracing():
+        from ..export import unsupported_route
+        raise unsupported_route('TorchScript tracing (torch.jit.trace, torch.onnx.export(..., dynamo=False))')
     if x.dim() != 4 or x.shape[1] != model.in_chans:
         raise ValueError(f"expected images (B, {model.in_chans}, H, W), got shape {tuple(x.shape)}")
     img = tuple(x.shape[-2:])
@@ -186,6 +189,10 @@ class StagedModelMixin(PrunableMixin):
     def _check_pool(self, global_pool: str):
         if global_pool not in self.global_pools:
             raise ValueError(f"global_pool must be one of {self.global_pools}, got {global_pool!r}")
+
+    def __prepare_scriptable__(self):  # torch.jit.script calls this first: say what to use instead
+        from ..export import unsupported_route
+        raise unsupported_route('TorchScript (torch.jit.script)')
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):

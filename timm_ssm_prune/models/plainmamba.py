@@ -51,9 +51,9 @@ NUM_DIRECTIONS = 4
 # Scan orders
 # ------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=64)
 def snake_scan_tables(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The four PlainMamba scan orders of an H x W grid (grid index r*W + c).
+    """The four PlainMamba scan orders of an H x W grid (grid index r*W + c), cached (built afresh while
+    torch.export / torch.compile trace: a cache filled then would hand traced tensors to later eager calls).
 
     Returns (order, rank, code_at_pos, code_at_step), each (4, H*W) long:
       order[d, l]        grid position visited at step l of direction d
@@ -63,6 +63,20 @@ def snake_scan_tables(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, 
       code_at_pos[d, p]  the same code, indexed by grid position
     Directions: 0 row snake from (0, 0); 1 its exact reverse; 2 column snake from (0, 0); 3 its reverse.
     """
+    if torch.compiler.is_compiling():
+        if isinstance(height, int) and isinstance(width, int):  # torch.compile: constants, not traced step by step
+            return _snake_scan_tables_constant(height, width)
+        return _snake_scan_tables.__wrapped__(height, width)
+    return _snake_scan_tables(height, width)
+
+
+@torch.compiler.assume_constant_result
+def _snake_scan_tables_constant(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _snake_scan_tables.__wrapped__(height, width)
+
+
+@functools.lru_cache(maxsize=64)
+def _snake_scan_tables(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     rows = []
     for r in range(height):
         cols = range(width) if r % 2 == 0 else range(width - 1, -1, -1)
@@ -74,7 +88,7 @@ def snake_scan_tables(height: int, width: int) -> Tuple[Tensor, Tensor, Tensor, 
     orders = [rows, rows[::-1], cols_snake, cols_snake[::-1]]
 
     def move_code(a: int, b: int) -> int:
-        (ra, ca), (rb, cb) = divmod(a, width), divmod(b, width)
+        ra, ca, rb, cb = a // width, a % width, b // width, b % width  # no divmod: torch.compile traces this
         return {(0, 1): 1, (0, -1): 2, (-1, 0): 3, (1, 0): 4}[(rb - ra, cb - ca)]
 
     order = torch.tensor(orders, dtype=torch.long)

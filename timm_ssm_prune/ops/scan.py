@@ -17,7 +17,9 @@ builds exp(ΔA) and ΔuB for those steps only (small enough to stay in cache), r
 place and contracts with C. The forward returns the state entering each chunk; the backward replays
 each chunk from that state (newest chunk first), runs the adjoint recurrence
 λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1} backwards and forms every gradient from λ and h.
-No L-step autograd graph is ever built.
+No L-step autograd graph is ever built. ``T`` depends on E·N and L only, never on the batch size, so an exported
+or compiled graph does not specialise on the batch; inside the op, batches too large for the chunk buffers run
+in blocks of rows. Under ``torch.onnx.export`` the scan is written as an ONNX ``Scan`` instead (``scan_onnx.py``).
 """
 from __future__ import annotations
 
@@ -44,23 +46,36 @@ CUDA_INSTALL_HINT = (
 )
 
 _BACKENDS = ('auto', 'torch', 'cuda', 'triton')
-_CHUNK_BYTES = 4 << 20  # target size of one chunk's (T, B, E, N) work tensor
+_CHUNK_BYTES = 4 << 20  # target size of one chunk's (T, rows, E, N) work tensor
+_CHUNK_ROWS = 16  # batch rows a chunk's length is sized for: T·16·E·N·elt ≈ _CHUNK_BYTES
 
 
 def set_chunk_size(nbytes: int) -> None:
-    """Set the target size in bytes of one chunk's (T, B, E, N) buffer (default 4 MiB)."""
+    """Set the target size in bytes of one chunk's (T, rows, E, N) buffer (default 4 MiB)."""
     global _CHUNK_BYTES
     if nbytes < 1:
         raise ValueError(f"chunk size must be positive, got {nbytes}")
     _CHUNK_BYTES = int(nbytes)
 
 
+def _elt_size(u: Tensor, A: Tensor) -> int:
+    return 8 if _compute_dtype(u, A) == torch.float64 else 4
+
+
 def _chunk_len(u: Tensor, A: Tensor) -> int:
-    """Steps per chunk: about _CHUNK_BYTES of (T, B, E, N) work, balanced so chunks have equal length."""
-    bsz, dim, length = u.shape
-    per_step = max(1, bsz * dim * A.shape[1] * (8 if _compute_dtype(u, A) == torch.float64 else 4))
+    """Steps per chunk, from E·N and L only (never the batch size, so that an exported or compiled graph does not
+    specialise on it): about _CHUNK_BYTES of (T, _CHUNK_ROWS, E, N) work, at least 4 steps, balanced so that the
+    chunks have equal length. Larger batches run in blocks of rows inside the op (``_batch_rows``)."""
+    dim, length = u.shape[1], u.shape[2]
+    per_step = max(1, _CHUNK_ROWS * dim * A.shape[1] * _elt_size(u, A))
     t0 = int(min(length, max(4, _CHUNK_BYTES // per_step)))
     return max(1, math.ceil(length / math.ceil(length / t0))) if length else 1
+
+
+def _batch_rows(u: Tensor, A: Tensor, T: int) -> int:
+    """Batch rows per block inside the op: the chunk buffers (T, rows, E, N) stay near _CHUNK_BYTES whatever the
+    batch (a real-shape decision made at run time, invisible to tracing)."""
+    return max(1, _CHUNK_BYTES // max(1, T * u.shape[1] * A.shape[1] * _elt_size(u, A)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +332,14 @@ def _scan_backward(gout, u, delta, A, B, C, D, z, delta_bias, states, delta_soft
 def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
              chunk: int) -> Tuple[Tensor, Tensor]:
-    return _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+    rows = _batch_rows(u, A, chunk)
+    if rows >= u.shape[0]:
+        return _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+    outs, states = zip(*(
+        _scan_forward(u[b:b + rows], delta[b:b + rows], A, B[b:b + rows], C[b:b + rows], D,
+                      None if z is None else z[b:b + rows], delta_bias, delta_softplus, chunk)
+        for b in range(0, u.shape[0], rows)))
+    return torch.cat(outs, 0), torch.cat(states, 1)
 
 
 @_scan_op.register_fake
@@ -332,7 +354,18 @@ def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
 def _scan_bwd_op(gout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                  z: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
                  chunk: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _scan_backward(gout, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk)
+    rows = _batch_rows(u, A, chunk)
+    if rows >= u.shape[0]:
+        grads = _scan_backward(gout, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, chunk)
+    else:  # blocks of rows, as the forward: per-sample gradients concatenated, parameter gradients summed
+        blocks = [_scan_backward(gout[b:b + rows], u[b:b + rows], delta[b:b + rows], A, B[b:b + rows],
+                                 C[b:b + rows], D, None if z is None else z[b:b + rows], delta_bias,
+                                 states[:, b:b + rows], delta_softplus, chunk)
+                  for b in range(0, u.shape[0], rows)]
+        per_sample = (True, True, False, True, True, False, True, False)  # gu gdelta gA gB gC gD gz gbias
+        grads = tuple(None if blocks[0][i] is None else torch.cat([g[i] for g in blocks], 0) if cat
+                      else functools.reduce(torch.add, [g[i] for g in blocks])
+                      for i, cat in enumerate(per_sample))
     return tuple(u.new_empty(0) if gr is None else gr for gr in grads)
 
 
@@ -415,6 +448,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     _check_args(u, delta, A, B, C, D, z, delta_bias)
     if u.is_meta:  # shapes only (FLOP counting, fake tensors): the PyTorch op's meta kernel, whatever the backend
         backend = 'torch'
+    if torch.onnx.is_in_onnx_export():  # an ONNX Scan in place of the op (ops/scan_onnx.py)
+        from .scan_onnx import selective_scan_onnx
+        return selective_scan_onnx(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == 'cuda':
         if _mamba_selective_scan_fn() is None:
             raise RuntimeError(CUDA_INSTALL_HINT)

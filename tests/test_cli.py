@@ -161,7 +161,8 @@ def test_visualize_writes_a_png(folder, tmp_path):
 
 
 def test_flops_and_models_commands(capsys):
-    assert main(['flops', '--model', 'vim_small_patch16_224_pruned', '--dense', '--json']) == 0
+    assert main(['flops', '--model', 'vim_small_patch16_224_pruned', '--dense', '--json', '--model-kwargs',
+                 'importance=clip', 'cls_position=middle']) == 0  # the paper's method
     out = json.loads(capsys.readouterr().out)
     assert [s['tokens_after'] for s in out['stages']] == [158, 127, 102]
     assert out['gflops'] == pytest.approx(3.637, abs=0.01) and out['dense_gflops'] == pytest.approx(5.142, abs=0.01)

@@ -19,6 +19,7 @@ import huggingface_hub
 import timm
 import timm_ssm_prune  # noqa: F401  (registers the models)
 from timm_ssm_prune import hub
+from timm_ssm_prune.models.facts import TRAINING_FREE
 from timm_ssm_prune.cli import main as cli_main
 from timm_ssm_prune.models import plainmamba as pm_mod
 from timm_ssm_prune.models import vim as vim_mod
@@ -411,7 +412,7 @@ def test_convert_end_to_end(tmp_path, pm_tiny_file, capsys):
     args = cfg['model_args']
     assert args['embed_dim'] == 32 and args['depth'] == 4 and args['img_size'] == [64, 64]
     assert {k: args[k] for k in hub.PRUNE_KEYS if k in args} == dict(
-        prune_layers=[2], keep_rate=0.5, importance='clip', alignment='aligned')
+        prune_layers=[2], keep_rate=0.5, importance='clip', alignment='aligned', **TRAINING_FREE['plainmamba'])
     assert cfg['pretrained_cfg']['custom_load'] is False and not SOURCE_KEYS & set(cfg['pretrained_cfg'])
     from safetensors.torch import load_file
     ref = load_direct('plainmamba_l1_pruned', pm_tiny_file, **PM_PRUNED_KW)

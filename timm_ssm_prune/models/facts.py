@@ -40,8 +40,8 @@ class ModelFacts:
 # benchmarks/leaderboard.py found best on a selection set drawn from the training split (benchmarks/RESULTS.md,
 # "Leaderboard"). The *_pruned names use them; ToP stays reachable with importance='clip', cls_position='middle'.
 TRAINING_FREE = {
-    'plainmamba': dict(),
-    'vim': dict(),
+    'plainmamba': dict(reduction='merge', merge_partner='nearest'),
+    'vim': dict(importance='cls', cls_position='raster'),
 }
 
 # Default schedules of the *_pruned names. PlainMamba: three evenly spaced stages, one keep rate solved with this

@@ -3,11 +3,13 @@
     python benchmarks/bench_pruning.py                                   # the issue's set, batch 8 and 32
     python benchmarks/bench_pruning.py --models plainmamba_l1 --batch-sizes 8 --repeats 3
     python benchmarks/bench_pruning.py --device cuda --amp                # GPU (mamba-ssm kernels if installed)
+    python benchmarks/bench_pruning.py --modes --no-memory --batch-sizes 8    # reduction modes at equal token counts
 
-Each *_pruned model runs its registered default schedule (Vim-T: after blocks 10, 20 keep 0.8; Vim-S: 5, 10, 15
-keep 0.8; PlainMamba: three stages solved for -41.6 % FLOPs) on the dense model's weights. 'ratio' is the
-measured speedup divided by the FLOPs ratio (goal >= 0.9). Also times the 'naive' packing for comparison
-with --naive.
+Each *_pruned model runs its registered default (Vim-T: after blocks 10, 20 keep 0.8; Vim-S: 5, 10, 15 keep 0.8;
+PlainMamba: three stages solved for -41.6 % FLOPs; the package's training-free options) on the dense model's
+weights. 'ratio' is the measured speedup divided by the FLOPs ratio (goal >= 0.9). Also times the 'naive'
+packing for comparison with --naive. --modes times the paper's ToP and every reduction mode at the same stages and
+keep rate (equal token counts) and prints each one's time relative to ToP (goal for merge/hybrid: within 5 %).
 """
 import argparse
 import json
@@ -35,6 +37,8 @@ def main(argv=None):
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     ap.add_argument('--naive', action='store_true', help='also time the naive (ViT-style) packing')
+    ap.add_argument('--modes', action='store_true',
+                    help="also time ToP, merge, merge-nearest, hybrid and importance='cls' at equal token counts")
     ap.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs (fresh processes on CPU)')
     ap.add_argument('--json', default=None, help='write the rows to this JSON file')
     args = ap.parse_args(argv)
@@ -52,6 +56,15 @@ def main(argv=None):
         models = {'dense': dense}
         specs = {'dense': (name, base)}
         variants = [('pruned', {})] + ([('naive', dict(alignment='naive'))] if args.naive else [])
+        if args.modes:
+            top = dict(importance='clip', reduction='prune')
+            if name.startswith('vim'):
+                top['cls_position'] = 'middle'
+            variants += [('ToP', top), ('merge', dict(top, reduction='merge')),
+                         ('merge-nearest', dict(top, reduction='merge', merge_partner='nearest')),
+                         ('hybrid', dict(top, reduction='hybrid'))]
+            if name.startswith('vim'):
+                variants.append(('cls', dict(top, importance='cls')))
         for key, kw in variants:
             m = timm.create_model(name + '_pruned', **base, **kw)
             m.load_state_dict(dense.state_dict())
@@ -63,6 +76,10 @@ def main(argv=None):
                                  memory_specs=None if args.no_memory else specs)
             rows += new
             print(format_rows(new), flush=True)
+            if args.modes:
+                ms = dict(zip(models, (r.median_ms for r in new)))  # rows come in the order of the models
+                print('time relative to ToP at equal token counts: ' + ', '.join(
+                    f"{k} {v / ms['ToP']:.3f}" for k, v in ms.items() if k not in ('dense', 'ToP')), flush=True)
     print()
     print(format_rows(rows))
     if args.json:

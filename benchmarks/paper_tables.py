@@ -62,10 +62,10 @@ BEST = {m: TRAINING_FREE[m.split('_')[0]] for m in MODELS}
 FINETUNED = ('naive (ViT-style, score order)', 'packed (ViT-style, original order)', 'ToP (aligned)')
 
 
-def prune_setting(model_name: str, reduction: float, **options):
-    """(prune_layers, keep_rate) meeting the FLOPs reduction with three evenly spaced stages, for this method."""
+def prune_setting(model_name: str, level: float, **options):
+    """(prune_layers, keep_rate) meeting the FLOPs cut ``level`` with three evenly spaced stages, for this method."""
     m = timm.create_model(model_name)
-    m.set_pruning(flops_reduction=reduction, prune_layers=evenly_spaced_stages(len(m.layers), 3), **options)
+    m.set_pruning(flops_reduction=level, prune_layers=evenly_spaced_stages(len(m.layers), 3), **options)
     return list(m.prune_cfg.prune_layers), m.prune_cfg.keep_rates[0]
 
 

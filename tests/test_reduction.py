@@ -405,3 +405,14 @@ def test_vim_cls_importance_scores_both_directions_and_needs_a_class_token():
     assert torch.equal(red.keep, red.scores.topk(8, dim=-1).indices.sort(-1).values)
     with pytest.raises(ValueError, match='PlainMamba has no class token'):
         timm.create_model('plainmamba_l1', **TINY, prune_layers=(2,), keep_rate=0.5, importance='cls')
+
+
+def test_the_papers_method_is_one_kwarg_set_away_from_the_defaults():
+    pm = timm.create_model('plainmamba_l1_pruned', device='meta', reduction='prune')
+    assert pm.prune_cfg.reduction == 'prune' and pm.prune_cfg.merge_partner is None
+    vim = timm.create_model('vim_small_patch16_224_pruned', device='meta', alignment='naive')
+    assert vim.prune_cfg.alignment == 'naive' and vim.prune_cfg.cls_position == 'middle'
+    top = timm.create_model('vim_small_patch16_224_pruned', device='meta', importance='clip', cls_position='middle')
+    assert top.prune_cfg.changed_options() == {} and top.prune_cfg.importance == 'clip'
+    with pytest.raises(ValueError, match='order-keeping'):  # an explicit conflict is still an error
+        timm.create_model('vim_small_patch16_224_pruned', device='meta', alignment='naive', cls_position='raster')

@@ -46,6 +46,18 @@ def pruned_kwargs(defaults: dict, schedule: dict, kwargs: dict) -> dict:
     elif 'prune_layers' not in kwargs or kwargs['prune_layers']:
         out.update(schedule)
     out.update(kwargs)
+    # a default option that no longer applies once the caller changes another one is dropped, not an error:
+    # e.g. reduction='prune' (the paper's method) on a name whose default merges, or alignment='naive' on a Vim
+    # whose default puts the class token at its raster place
+    given = set(kwargs)
+    if out.get('reduction', 'prune') == 'prune':
+        for k in ('merge_partner', 'merge_fraction'):
+            if k not in given:
+                out.pop(k, None)
+    if out.get('reduction') == 'merge' and 'merge_fraction' not in given:
+        out.pop('merge_fraction', None)
+    if out.get('alignment') == 'naive' and 'cls_position' not in given:
+        out.pop('cls_position', None)
     return out
 
 

@@ -250,8 +250,9 @@ def write_results(args, settings, jobs, results, throughput):
              f'Fine-tuned rows: {args.finetune_epochs} epoch at lr {args.finetune_lr}, seeds {list(seeds)}, '
              'mean ± sample standard deviation. `importance=\'random\'`: seeds '
              f'{list(RANDOM_SEEDS)} (`importance_seed`), mean ± standard deviation. '
-             '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set from the training split. "not run": '
-             'the fine-tuned columns were left out of this run (`--no-finetune`).', '']
+             '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set '
+             'from the training split. "not run": the fine-tuned columns were left out of this run '
+             '(`--no-finetune`).', '']
     for m in args.models:
         dense_g = flops_of(m, {})
         lines += [f'## {m}', '', '### Table 1 analog: dense vs naive vs ToP (equal FLOPs)', '',

@@ -297,21 +297,23 @@ def write_results(args, settings, jobs, results, throughput):
     plot = Path(args.plot).relative_to(Path(args.results).parent)
     lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({plot})', '',
               'Each curve starts from its own keep-1.0 point (naive re-packs the tokens in score order even when it '
-              'keeps them all).', '', '| model | keep rate | GFLOPs | ToP top-1 | naive top-1 | packed top-1 |',
+              'keeps them all), each at its own FLOPs.', '',
+              '| model | keep rate | GFLOPs ToP / naive / packed | ToP top-1 | naive top-1 | packed top-1 |',
               '|---|---|---|---|---|---|']
     curves = {}
     for m in args.models:
         layers = list(evenly_spaced_stages(6, 3))
         pts = []
         for rate in CURVE_RATES:
-            vals = []
-            for al in ('aligned', 'naive', 'packed'):
-                v = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, alignment=al))
-                vals.append(v[0] if v else float('nan'))
-            pts.append((rate, flops_of(m, dict(prune_layers=layers, keep_rate=rate)), *vals))
+            row = [rate]
+            for al in ('aligned', 'naive', 'packed'):  # each method at its own FLOPs for this keep rate
+                kw = dict(prune_layers=layers, keep_rate=rate, alignment=al)
+                v = _get(results, 'eval', m, kw)
+                row += [flops_of(m, kw), v[0] if v else float('nan')]
+            pts.append(tuple(row))
         curves[m] = sorted(pts)
-        for rate, g, a, n, pk in sorted(pts, reverse=True):
-            lines.append(f"| {m} | {rate} | {g:.4f} | {a:.2f} | {n:.2f} | {pk:.2f} |")
+        for rate, ga, a, gn, n, gp, pk in sorted(pts, reverse=True):
+            lines.append(f"| {m} | {rate} | {ga:.4f} / {gn:.4f} / {gp:.4f} | {a:.2f} | {n:.2f} | {pk:.2f} |")
     _plot(curves, args.plot)
     boards = sorted((ROOT / 'benchmarks' / 'results').glob('leaderboard_*.md'))
     if boards:  # benchmarks/leaderboard.py's tables, as it last wrote them
@@ -342,10 +344,9 @@ def _plot(curves, path):
         return
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for ax, (m, pts) in zip(axes[0], curves.items()):
-        g = [p[1] * 1e3 for p in pts]
-        ax.plot(g, [p[2] for p in pts], 'o-', label='ToP (aligned)')
-        ax.plot(g, [p[3] for p in pts], 's--', label='naive (score order)')
-        ax.plot(g, [p[4] for p in pts], '^:', label='packed (original order)')
+        for i, (style, label) in enumerate((('o-', 'ToP (aligned)'), ('s--', 'naive (score order)'),
+                                            ('^:', 'packed (original order)'))):
+            ax.plot([p[1 + 2 * i] * 1e3 for p in pts], [p[2 + 2 * i] for p in pts], style, label=label)
         for p in pts:
             ax.annotate(f"{p[0]:.1f}", (p[1] * 1e3, p[2]), fontsize=7, textcoords='offset points', xytext=(3, 3))
         ax.set_xlabel('MFLOPs per image')

@@ -284,9 +284,9 @@ def test_vim_aligned_equals_dense_recurrence_with_skips(decay):
 
 
 def test_vim_model_decay_gaps_match_the_kept_positions():
-    from timm_ssm_prune.models.vim import _scan_gaps
+    from timm_ssm_prune.models.vim import _middle_cls_gaps
     index = torch.tensor([[1, 2, 5, 9]])  # kept patches of 12; class token goes in the middle (position 2)
-    gaps = _scan_gaps(index, 12)
+    gaps = _middle_cls_gaps(index, 12)
     assert gaps[0].tolist() == [[1, 0, 0, 2, 3]]  # forward: 1 before patch 1, cls 0, 2 between 2 and 5, ...
     assert gaps[1].tolist() == [[0, 2, 0, 3, 2]]  # backward: 0 after 1, 2 after 2 (3, 4), cls 0, 3 after 5, 2 after 9
 

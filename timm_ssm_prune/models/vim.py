@@ -127,11 +127,10 @@ class VimLayout(TokenLayout):
                 rank = index + (index >= total // 2).long()
                 rank = _place_cls(rank.unsqueeze(-1), torch.full_like(rank[:, :1], total // 2).unsqueeze(-1),
                                   cls_index).squeeze(-1)
-                gaps = torch.stack([skipped_before(rank),
-                                    skipped_before((total - rank).flip(-1)).flip(-1)])
+                gaps = _scan_gaps(rank, total + 1)
             return VimLayout(self.grid, k, index, gaps, cls_index), seq
         seq = insert_cls(seq.unsqueeze(-1), cls_seq.unsqueeze(-1)).squeeze(-1)
-        gaps = _scan_gaps(index, total) if alignment == 'decay' else None
+        gaps = _middle_cls_gaps(index, total) if alignment == 'decay' else None
         return VimLayout(self.grid, k, index, gaps), seq
 
 
@@ -272,11 +271,14 @@ class BiMambaMixer(nn.Module):
         E = self.d_inner
         f = A.dtype
         with torch.no_grad():  # the step each token's input is written with, averaged over channels and directions
-            step = F.softplus(delta.to(f) + bias[:, None])  # (B, 2E, L), the backward half reversed
             timescale = attn = None
-            if return_ssm in (True, 'delta'):
+            want_delta = return_ssm in (True, 'delta')
+            want_cls = return_ssm in (True, 'cls') and cls_pos is not None
+            if want_delta or want_cls:  # other metrics score y alone: no step needed
+                step = F.softplus(delta.to(f) + bias[:, None])  # (B, 2E, L), the backward half reversed
+            if want_delta:
                 timescale = (step[:, :E].mean(1) + step[:, E:].mean(1).flip(-1)) / 2
-            if return_ssm in (True, 'cls') and cls_pos is not None:
+            if want_cls:
                 length = x.shape[1]
                 c = torch.as_tensor(cls_pos, device=x.device).expand(x.shape[0])
                 gate = F.silu(torch.gather(z.to(f), 2, c.view(-1, 1, 1).expand(-1, E, 1)).squeeze(-1))  # (B, E)
@@ -463,14 +465,18 @@ class Vim(StagedModelMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
-def _scan_gaps(index: Tensor, n_total: int) -> Tensor:
-    """(2, B, k + 1) pruned patches skipped before each token (class token in the middle gets 0): row 0 for
-    the forward scan, row 1 for the backward scan, both indexed by sequence position."""
-    fwd = torch.diff(index, dim=1, prepend=torch.full_like(index[:, :1], -1)) - 1
-    bwd = torch.diff(index, dim=1, append=torch.full_like(index[:, :1], n_total)) - 1
-    zero = torch.zeros_like(index[:, :1])
-    return torch.stack([insert_cls(fwd.unsqueeze(-1), zero.unsqueeze(-1)).squeeze(-1),
-                        insert_cls(bwd.unsqueeze(-1), zero.unsqueeze(-1)).squeeze(-1)])
+def _scan_gaps(rank: Tensor, n_total: int) -> Tensor:
+    """(2, B, n) positions skipped before each token by the forward scan (row 0) and by the backward scan (row 1),
+    both indexed by sequence position; ``rank`` (B, n) is each token's place in the dense order of ``n_total``
+    positions (increasing along the sequence)."""
+    return torch.stack([skipped_before(rank), skipped_before((n_total - 1 - rank).flip(-1)).flip(-1)])
+
+
+def _middle_cls_gaps(index: Tensor, n_total: int) -> Tensor:
+    """(2, B, k + 1) scan gaps of kept patches ``index`` (B, k) with the class token inserted in the middle with 0
+    (the class token is not part of the dense order here, as in the paper's sequence)."""
+    g = _scan_gaps(index, n_total).permute(1, 2, 0)  # (B, k, 2)
+    return insert_cls(g, torch.zeros_like(g[:, :1])).permute(2, 0, 1)
 
 
 def resample_mid_cls_embed(posemb: Tensor, old_grid: Sequence[int], new_grid: Sequence[int]) -> Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -65,15 +66,16 @@ def condensed_grid(n: int) -> Tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-class TokenLayout:
+class TokenLayout(ABC):
     """Interface shared by the families' layouts (see the module docstring)."""
     grid: Tuple[int, int]         # the original patch grid (dense feature maps)
     index: Optional[Tensor]       # (B, n) original grid position of each prunable token, or None
     size: Optional[Tensor]        # (B, n) original patches each token stands for, or None (one each)
 
     @property
+    @abstractmethod
     def num_patches(self) -> int:
-        raise NotImplementedError
+        """Number of prunable tokens in the current sequence."""
 
     def patches(self, t: Tensor) -> Tensor:
         """The prunable tokens of a per-token tensor t (B, L, ...) in sequence order (protected ones removed)."""
@@ -98,5 +100,6 @@ class TokenLayout:
     def to_grid(self, patches: Tensor, canvas: Optional[Tensor]) -> Tensor:
         return scatter_to_grid(patches, self.index, canvas)
 
+    @abstractmethod
     def restrict(self, keep: Tensor, alignment: str, cls_position: str = 'middle') -> Tuple['TokenLayout', Tensor]:
-        raise NotImplementedError
+        """The next stage's layout and the sequence index that builds its sequence (see the module docstring)."""

@@ -1,8 +1,11 @@
 """`timm-ssm-prune train`: train or fine-tune a (pruned) model with timm's library parts.
 
 Runs single-process or under ``torchrun`` (DDP; gloo on CPU, nccl on CUDA). With ``--distill`` the loss adds a
-KL term to a frozen dense teacher: the student's own initial weights with pruning switched off (the paper's
-fine-tuning uses no distillation; this is an option).
+KL term to a frozen dense teacher: the student's own initial weights (``--pretrained`` / ``--initial-checkpoint`` /
+the seeded initialisation) with pruning switched off, or ``--teacher-checkpoint``'s (the paper's fine-tuning uses
+no distillation; this is an option). The checkpoints record where the teacher came from and the sha256 of its
+weights; ``--resume`` rebuilds the teacher from that record (not from the resumed, fine-tuned weights) and stops with
+an error if it cannot be rebuilt or its sha256 differs.
 
     timm-ssm-prune train --model plainmamba_l1_pruned --pretrained --data-dir DIR --epochs 30 --lr 1e-4
     torchrun --nproc_per_node 2 -m timm_ssm_prune train --model ... --data-dir DIR
@@ -15,15 +18,17 @@ resumed checkpoint's own run folder (summary.csv and history.json continue from 
 
 Checkpoints (``last.pth.tar`` every epoch, ``model_best.pth.tar``) hold timm's keys (``epoch``, ``arch``,
 ``state_dict``, ``optimizer``, ``version``, ``args``, ``state_dict_ema``, ``metric``) plus ``scheduler``,
-``num_updates``, ``best_metric``/``best_epoch``, the RNG states, ``model_kwargs`` (the model's full pruning
-configuration and the other kwargs given) and ``data_config`` (mean, std, input size, interpolation, crop_pct,
-num_classes): ``validate``/``benchmark``/``flops``/``visualize --checkpoint`` rebuild the same model from them.
+``num_updates``, ``best_metric``/``best_epoch``, the RNG states, ``teacher`` (with ``--distill``: its source and
+sha256), ``model_kwargs`` (the model's full pruning configuration and the other kwargs given) and ``data_config``
+(mean, std, input size, interpolation, crop_pct, num_classes): ``validate``/``benchmark``/``flops``/``visualize
+--checkpoint`` rebuild the same model from them.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -44,9 +49,9 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, get_outdir, random_seed, update_summary
 from tqdm import tqdm
 
-from .common import (SAFETENSORS_META_KEY, CliError, add_data_args, add_model_args, amp_dtype, create_eval_loader,
-                     create_model_from_args, data_config, data_config_record, load_weights, notice,
-                     recorded_model_kwargs, resolve_data_dir)
+from .common import (SAFETENSORS_META_KEY, CliError, _create, _pretrained_source, add_data_args, add_model_args,
+                     amp_dtype, create_eval_loader, create_model_from_args, data_config, data_config_record,
+                     load_weights, notice, read_checkpoint, recorded_model_kwargs, resolve_data_dir)
 from .validate import evaluate
 
 _logger = logging.getLogger('timm_ssm_prune.train')
@@ -97,6 +102,9 @@ def add_arguments(p):
     g = p.add_argument_group('distillation from the dense teacher')
     g.add_argument('--distill', action='store_true',
                    help='add KL(student || dense teacher) with the initial weights and pruning off')
+    g.add_argument('--teacher-checkpoint', default='',
+                   help="with --distill: the teacher's weights from this file instead of the initial weights; with "
+                        "--resume: the file holding the run's teacher (its sha256 is checked)")
     g.add_argument('--distill-weight', type=float, default=0.5, help='weight of the KL term (task: 1 - weight)')
     g.add_argument('--kd-temperature', type=float, default=1.0)
     g = p.add_argument_group('output')
@@ -220,13 +228,11 @@ def run(args):
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    teacher = None
+    teacher, teacher_record = None, None
     if args.distill:
-        if not getattr(model, 'prune_cfg', None) or not model.prune_cfg.enabled:
-            raise CliError("--distill needs a pruned student (the teacher is the same model without pruning)")
-        teacher = copy.deepcopy(model)
-        teacher.set_pruning()
-        teacher.eval().requires_grad_(False)
+        teacher, teacher_record = _build_teacher(model, args, resume)
+    elif args.teacher_checkpoint:
+        raise CliError("--teacher-checkpoint is the teacher of --distill: add --distill or drop it")
 
     root = resolve_data_dir(args, model)
     cfg = data_config(args, model)
@@ -316,6 +322,8 @@ def run(args):
             model_kwargs=record_kwargs, data_config=data_record,
             pruning=unwrapped.prune_cfg.describe() if hasattr(unwrapped, 'prune_cfg') else None,
         )
+        if teacher_record is not None:
+            state['teacher'] = teacher_record
         if model_ema is not None:
             state['state_dict_ema'] = model_ema.module.state_dict()
         if scaler is not None:
@@ -408,6 +416,82 @@ def run(args):
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _state_sha256(model) -> str:
+    """sha256 of a model's state dict: names, dtypes, shapes and values (not the device or memory format)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        v = v.detach().cpu().contiguous()
+        h.update(f'{k} {v.dtype} {tuple(v.shape)};'.encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _teacher_origin(rec) -> str:
+    if rec['source'] == 'checkpoint':
+        return rec['path']
+    if rec['source'] == 'pretrained':
+        return f"the pretrained weights of {rec['model']} ({rec['weights']})"
+    return f"the initialisation of {rec['model']} with --seed {rec['seed']}"
+
+
+def _build_teacher(model, args, resume):
+    """The frozen dense teacher of ``--distill`` and its record (source and sha256, kept in every checkpoint).
+
+    A new run's teacher is the student's initial weights with pruning off (or ``--teacher-checkpoint``'s). The model
+    of a resumed run holds the fine-tuned weights, so its teacher is rebuilt from the resumed checkpoint's record:
+    the same file, the same pretrained weights, or the same seeded initialisation; its sha256 must match."""
+    if not getattr(model, 'prune_cfg', None) or not model.prune_cfg.enabled:
+        raise CliError("--distill needs a pruned student (the teacher is the same model without pruning)")
+    recorded = resume.obj.get('teacher') if resume is not None else None
+    if not isinstance(recorded, dict) or recorded.get('source') not in ('checkpoint', 'pretrained', 'init'):
+        recorded = None
+    if resume is not None and recorded is None and not args.teacher_checkpoint:
+        raise CliError(f"{resume.path} records no distillation teacher (the run was started without --distill, or "
+                       f"by an older version): pass --teacher-checkpoint FILE with the dense teacher's weights "
+                       f"(e.g. the run's --initial-checkpoint)")
+    if args.teacher_checkpoint:
+        rec = dict(source='checkpoint', path=os.path.abspath(args.teacher_checkpoint))
+    elif recorded is not None:
+        rec = {k: recorded[k] for k in ('source', 'path', 'model', 'weights', 'seed') if k in recorded}
+    elif args.checkpoint:
+        rec = dict(source='checkpoint', path=os.path.abspath(args.checkpoint))
+    elif args.pretrained:
+        rec = dict(source='pretrained', model=args.model, weights=_pretrained_source(args.model), seed=args.seed)
+    else:
+        rec = dict(source='init', model=args.model, seed=args.seed)
+    old_sha = recorded.get('sha256') if recorded is not None else None
+    fix = "pass --teacher-checkpoint FILE with the run's teacher weights" + (
+        f" (sha256 {old_sha[:12]}...)" if old_sha else '')
+    teacher = copy.deepcopy(model)
+    if rec['source'] == 'checkpoint' and (resume is None or args.teacher_checkpoint):
+        load_weights(teacher, read_checkpoint(rec['path'], 'teacher checkpoint'))
+    elif resume is not None:  # rebuild the recorded teacher (a new run's student holds the initial weights)
+        try:
+            if rec['source'] == 'checkpoint':
+                load_weights(teacher, read_checkpoint(rec['path'], 'initial checkpoint'))
+            else:  # the first run's seeded creation (a new head on pretrained weights is drawn from it too)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(rec['seed'] + args.rank)
+                    src = _create(rec['model'], rec['source'] == 'pretrained', args._model_kwargs)
+                teacher.load_state_dict(src.state_dict())
+        except (CliError, RuntimeError, KeyError, TypeError) as e:
+            raise CliError(f"cannot rebuild the distillation teacher of {resume.path} from {_teacher_origin(rec)} "
+                           f"({e}): restore it, or {fix}") from e
+    teacher.set_pruning()
+    teacher.eval().requires_grad_(False)
+    rec['sha256'] = _state_sha256(teacher)
+    # under DDP a seeded teacher differs between processes (seed + rank); the checkpoint records rank 0's
+    if old_sha and rec['sha256'] != old_sha and (rec['source'] == 'checkpoint' or args.rank == 0):
+        sha = f"weights sha256 {rec['sha256'][:12]}..., the run's teacher {old_sha[:12]}..."
+        if args.teacher_checkpoint:
+            raise CliError(f"--teacher-checkpoint {args.teacher_checkpoint} is not the distillation teacher "
+                           f"{resume.path} was trained with ({sha} from {_teacher_origin(recorded)}): pass the file "
+                           f"with the run's teacher weights")
+        raise CliError(f"{_teacher_origin(rec)} changed since {resume.path} was trained with it as the distillation "
+                       f"teacher ({sha}): restore the original, or pass --teacher-checkpoint FILE holding it")
+    return teacher, rec
 
 
 def _resume(ck, model, optimizer, scheduler, model_ema, scaler, updates_per_epoch, args):

@@ -12,6 +12,7 @@ import timm
 
 import timm_ssm_prune  # noqa: F401
 from timm_ssm_prune.export import ExportRouteError, compare_onnx, export_onnx, export_program, ort_session
+from timm_ssm_prune.models.facts import TRAINING_FREE
 from timm_ssm_prune.ops import scan as scan_mod
 from timm_ssm_prune.ops import selective_scan, selective_scan_ref
 from timm_ssm_prune.ops.scan_onnx import selective_scan_onnx
@@ -101,9 +102,10 @@ def _onnx_round_trip(model, path):
 @needs_onnx
 @pytest.mark.parametrize('name,kw', [
     ('plainmamba_mini', {}),
-    ('plainmamba_mini', dict(PRUNED, reduction='merge')),
+    ('plainmamba_mini', dict(PRUNED, **TRAINING_FREE['plainmamba'])),  # the *_pruned default: merge (nearest)
     ('vim_mini', {}),
     ('vim_mini', dict(PRUNED, alignment='naive')),
+    ('vim_mini', dict(PRUNED, **TRAINING_FREE['vim'])),  # the *_pruned default: class attention, raster class token
 ])
 def test_onnx_round_trip(tmp_path, name, kw):
     model = small(name, **kw)

@@ -1,22 +1,42 @@
 """The paper's tables at small scale, on Animal-MNIST, in one command.
 
     .venv/bin/pip install matplotlib            # for the plot
-    python benchmarks/paper_tables.py            # ~2 h on 2 CPU cores; results: benchmarks/RESULTS.md
-    python benchmarks/paper_tables.py --no-finetune   # the zero-shot jobs only (~25 min)
+    python benchmarks/paper_tables.py            # everything (CPU: hours; resumable, see below)
+    python benchmarks/paper_tables.py --no-finetune   # the zero-shot jobs only
+    python benchmarks/paper_tables.py --models vim_d12_mini --jobs 1   # one model, one core
 
-Base models: the project's plainmamba_mini and vim_mini (14x14 tokens, as ImageNet at 224/16), trained by
-benchmarks/train_animal_mnist.sh; their weights ship in timm_ssm_prune/weights/. Every number comes from a job
-(`timm-ssm-prune validate` or `train`) run as a subprocess, two at a time with one thread each; job results are
-cached under --work, so an interrupted run resumes where it stopped.
+Base models (weights ship in timm_ssm_prune/weights/):
+* the testbeds ``plainmamba_d12_mini`` and ``vim_d12_mini``: 12 blocks, trained from scratch to convergence by
+  benchmarks/train_testbed.py. Stages at **the paper's relative positions**, scaled to the depth with Python's
+  round(): Vim-S prunes after blocks 5, 10, 15 of 24 -> 2, 5, 8 of 12; PlainMamba-L3 after 9, 18, 27 of 36 ->
+  3, 6, 9 of 12.
+* the minis ``plainmamba_mini`` and ``vim_mini``: 6 blocks, trained 6 epochs by benchmarks/train_animal_mnist.sh;
+  three evenly spaced stages (after blocks 2, 3, 4), as in earlier rounds.
+All have 14x14 tokens, as ImageNet at 224/16. Every number comes from a job (`timm-ssm-prune validate` or `train`)
+run as a subprocess, ``--jobs`` at a time with one thread each.
 
-* Table 1 analog: dense vs naive (score order) vs packed (original order) vs ToP vs ToP + decay vs the best
-  training-free mode, at -30 % and -40 % FLOPs (three evenly spaced stages, each method's own keep rate solved
-  with the package's FLOPs counter), zero-shot and after the same short fine-tune (dense fine-tuned alike as the
-  control), two fine-tuning seeds.
+* Table 1 analog: dense vs naive (score order) vs packed (original order) vs ToP vs ToP + decay vs the package's
+  training-free default, at -30 % and -40 % FLOPs, each method its own keep rate solved for the cut with the
+  package's FLOPs counter; zero-shot, and for the fine-tuned methods (``FINETUNED``, on ``--finetune-models`` at
+  ``--finetune-levels``) after a real fine-tune: ``--finetune-epochs`` (3) epochs with the dense model as the
+  distillation teacher (``train --distill``), seeds ``--seeds`` (0, 1, 2), mean ± sample std, and the recovery
+  after each epoch (the validation top-1 the train command records after every epoch).
 * Table 4 analog: importance metric ablation (clip, l1, l2, sum, random over 5 seeds, delta), zero-shot at -30 %.
 * Table 5 analog: with vs without alignment: accuracy (from Table 1) and measured throughput.
 * Curve: top-1 vs GFLOPs for keep rates 0.5 ... 1.0, ToP vs naive vs packed, each from its own keep-1.0 point
   (benchmarks/plots/acc_vs_flops.png).
+
+The fine-tuning recipe was fixed before any run (nothing is picked on the validation split): AdamW, lr 2e-4 cosine
+to 1e-6 per step, no warm-up, weight decay 0.05, batch 64, random-resized crop (area 0.6-1) + flip, label smoothing
+0.1, KL to the dense teacher with weight 0.5 (temperature 1).
+
+Resumable across sessions: every finished job's result (the per-epoch history of a fine-tune included) is a small
+JSON under ``--work`` (default benchmarks/results/paper_tables/, tracked by git), and a fine-tune in flight keeps
+its run folder there (``runs/<job>/last.pth.tar``, written after every epoch) and continues with ``train --resume``
+(which rebuilds the same dense teacher). To stop: kill the process (the jobs in flight lose at most the epoch they
+were in), then ``git add benchmarks/results/paper_tables && git commit``. The same command resumes. Throughput
+(Table 5) is measured once, one thread, the compared models in turn, and cached in the work folder
+(``--remeasure-throughput`` to measure again, on an idle machine).
 """
 from __future__ import annotations
 
@@ -43,7 +63,11 @@ from timm_ssm_prune.flops import count_flops  # noqa: E402
 from timm_ssm_prune.models.facts import TRAINING_FREE  # noqa: E402
 from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402
 
-MODELS = ('plainmamba_mini', 'vim_mini')
+MINIS = ('plainmamba_mini', 'vim_mini')
+TESTBEDS = ('plainmamba_d12_mini', 'vim_d12_mini')
+MODELS = TESTBEDS + MINIS
+# The paper's stage positions (after block k of depth), scaled to a testbed's depth.
+PAPER_STAGES = {'vim': ((5, 10, 15), 24), 'plainmamba': ((9, 18, 27), 36)}
 LEVELS = (0.3, 0.4)
 CURVE_RATES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 METRICS = ('clip', 'l1', 'l2', 'sum', 'random', 'delta')
@@ -56,22 +80,41 @@ METHODS = {
     'ToP (aligned)': dict(alignment='aligned'),
     'ToP + decay': dict(alignment='decay'),
 }
+DEFAULT_LABEL = 'best training-free'
 # The package's training-free default of each family (models/facts.py: chosen by benchmarks/leaderboard.py on a
 # selection set drawn from the training split, never on the validation split).
 BEST = {m: TRAINING_FREE[m.split('_')[0]] for m in MODELS}
-FINETUNED = ('naive (ViT-style, score order)', 'packed (ViT-style, original order)', 'ToP (aligned)')
+FINETUNED = ('naive (ViT-style, score order)', 'ToP (aligned)', DEFAULT_LABEL)
+# The fine-tuning recipe (fixed before any run; see the module docstring).
+FT_TRAIN_ARGS = ['--warmup-epochs', '0', '-b', '64', '--weight-decay', '0.05', '--scale', '0.6', '1.0',
+                 '--hflip', '0.5', '--smoothing', '0.1']
+
+
+def model_depth(model_name: str) -> int:
+    return len(timm.create_model(model_name).layers)
+
+
+def stages_for(model_name: str):
+    """The stage positions of the tables: the paper's relative positions for the testbeds, three evenly spaced
+    stages for the minis."""
+    depth = model_depth(model_name)
+    if model_name in MINIS:
+        return tuple(evenly_spaced_stages(depth, 3))
+    pos, total = PAPER_STAGES[model_name.split('_')[0]]
+    return tuple(round(depth * k / total) for k in pos)
 
 
 def prune_setting(model_name: str, level: float, **options):
-    """(prune_layers, keep_rate) meeting the FLOPs cut ``level`` with three evenly spaced stages, for this method."""
+    """(prune_layers, keep_rate) meeting the FLOPs cut ``level`` at the model's stages (``stages_for``), for this
+    method."""
     m = timm.create_model(model_name)
-    m.set_pruning(flops_reduction=level, prune_layers=evenly_spaced_stages(len(m.layers), 3), **options)
+    m.set_pruning(flops_reduction=level, prune_layers=stages_for(model_name), **options)
     return list(m.prune_cfg.prune_layers), m.prune_cfg.keep_rates[0]
 
 
 def method_kwargs(settings, model, level, label):
     layers, rate = settings[model][level][label]
-    options = BEST[model] if label == 'best training-free' else METHODS[label]
+    options = BEST[model] if label == DEFAULT_LABEL else METHODS[label]
     return dict(prune_layers=layers, keep_rate=rate, **options)
 
 
@@ -106,20 +149,30 @@ def run_job(job: dict, work: Path) -> dict:
                    f"from timm_ssm_prune.cli import main; sys.exit(main(sys.argv[1:]))"] + cmd[3:]
         subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
         res = json.loads(out.read_text())
+        out.unlink()
     else:
         out_dir = work / 'runs' / key
-        shutil.rmtree(out_dir, ignore_errors=True)  # a crashed earlier try (train never writes into an existing run)
+        last = out_dir / 'last.pth.tar'
+        resume = last.is_file()
+        if not resume:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a try that crashed before its first epoch ended
         cmd = base + ['train', '--model', job['model'], '--pretrained', '--data-dir', 'animal-mnist',
-                      '--epochs', str(job['epochs']), '--lr', str(job['lr']), '--warmup-epochs', '0', '-b', '64',
-                      '--weight-decay', '0.05', '--scale', '0.6', '1.0', '--hflip', '0.5', '--smoothing', '0.1',
+                      '--epochs', str(job['epochs']), '--lr', str(job['lr']), *FT_TRAIN_ARGS,
                       '--seed', str(job['seed']), '--output', str(out_dir.parent), '--experiment', out_dir.name,
-                      '--no-progress'] + \
-            (['--model-kwargs', *kw] if kw else [])
+                      '--no-progress'] + (['--model-kwargs', *kw] if kw else [])
+        if job.get('distill'):
+            cmd += ['--distill', '--distill-weight', str(job['distill'])]
+        if job.get('steps_per_epoch'):
+            cmd += ['--steps-per-epoch', str(job['steps_per_epoch'])]
+        if resume:
+            cmd += ['--resume', str(last)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"job failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
         hist = json.loads((out_dir / 'history.json').read_text())
-        res = dict(top1=hist[-1]['val_top1'], top5=hist[-1]['val_top5'], loss=hist[-1]['val_loss'], history=hist)
+        res = dict(top1=hist[-1]['val_top1'], top5=hist[-1]['val_top5'], loss=hist[-1]['val_loss'], history=hist,
+                   resumed=resume)
+        shutil.rmtree(out_dir)  # the result keeps the history; the checkpoints are not needed any more
     res['seconds'] = time.time() - t0
     res['job'] = job
     res_file.write_text(json.dumps(res, indent=1))
@@ -131,9 +184,17 @@ def flops_of(model_name: str, kw: dict) -> float:
     return count_flops(m)
 
 
-def plan(models, seeds, ft_epochs, ft_lr, finetune=True):
-    labels = list(METHODS) + ['best training-free']
-    settings = {m: {r: {lab: prune_setting(m, r, **(BEST[m] if lab == 'best training-free' else METHODS[lab]))
+def finetune_spec(args) -> dict:
+    """The fields a fine-tune job adds to its description (part of its cache key)."""
+    spec = dict(epochs=args.finetune_epochs, lr=args.finetune_lr, distill=args.distill_weight)
+    if args.finetune_steps:
+        spec['steps_per_epoch'] = args.finetune_steps
+    return spec
+
+
+def plan(models, args):
+    labels = list(METHODS) + [DEFAULT_LABEL]
+    settings = {m: {r: {lab: prune_setting(m, r, **(BEST[m] if lab == DEFAULT_LABEL else METHODS[lab]))
                         for lab in labels} for r in LEVELS} for m in models}
     jobs = []
 
@@ -154,23 +215,24 @@ def plan(models, seeds, ft_epochs, ft_lr, finetune=True):
                                                 importance_seed=s))
                     else:
                         add('eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
-        layers = evenly_spaced_stages(6, 3)
+        layers = stages_for(m)
         for rate in CURVE_RATES:
             for al in ('aligned', 'naive', 'packed'):
                 add('eval', m, dict(prune_layers=list(layers), keep_rate=rate, alignment=al))
-        if not finetune:
+        if args.no_finetune or m not in args.finetune_models:
             continue
-        for s in seeds:
-            add('train', m, {}, seed=s, epochs=ft_epochs, lr=ft_lr)
-            for r in LEVELS:
+        for s in args.seeds:
+            for r in args.finetune_levels:
                 for lab in FINETUNED:
-                    add('train', m, method_kwargs(settings, m, r, lab), seed=s, epochs=ft_epochs, lr=ft_lr)
+                    add('train', m, method_kwargs(settings, m, r, lab), seed=s, **finetune_spec(args))
     return settings, jobs
 
 
 def measure_throughput(models, settings, batch=64, repeats=7):
-    """img/s of dense, ToP and naive at each FLOPs level (alternating timing, all threads of this machine)."""
-    out = {}
+    """img/s of dense, ToP and naive at each FLOPs level (one thread; the models timed in turn, round after round,
+    so that a change of machine load hits all alike)."""
+    torch.set_num_threads(1)
+    out = dict(threads=1, batch=batch, load_average=os.getloadavg()[0])
     for m in models:
         x = torch.randn(batch, 1, 28, 28)
         nets = {'dense': timm.create_model(m).eval()}
@@ -180,6 +242,20 @@ def measure_throughput(models, settings, batch=64, repeats=7):
         times = time_model(nets, x, repeats=repeats, warmup=2)
         out[m] = {k: batch / statistics.median(v) for k, v in times.items()}
     return out
+
+
+def throughput(args, settings):
+    """Cached measurement (``--remeasure-throughput`` to redo it); models missing from the cache are measured."""
+    path = Path(args.work) / 'throughput.json'
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [m for m in args.models if args.remeasure_throughput or m not in cached]
+    if todo:
+        print(f"measuring throughput of {todo} (load average {os.getloadavg()[0]:.2f})", flush=True)
+        new = measure_throughput(todo, settings)
+        for m in todo:
+            cached[m] = dict(new[m], load_average=new['load_average'], threads=new['threads'], batch=new['batch'])
+        path.write_text(json.dumps(cached, indent=1))
+    return cached
 
 
 def fmt(vals):
@@ -194,21 +270,35 @@ def fmt(vals):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--models', nargs='+', default=list(MODELS))
-    ap.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
-    ap.add_argument('--finetune-epochs', type=int, default=1)
-    ap.add_argument('--finetune-lr', type=float, default=2e-4)
-    ap.add_argument('--jobs', type=int, default=2)
+    ap.add_argument('--jobs', type=int, default=2, help='jobs at a time (one thread each)')
     ap.add_argument('--no-finetune', action='store_true',
                     help='zero-shot jobs only (the fine-tuned columns then read "not run")')
-    ap.add_argument('--work', default=str(ROOT / 'output' / 'paper_tables'))
+    g = ap.add_argument_group('fine-tuning (the recipe is in the module docstring)')
+    g.add_argument('--finetune-models', nargs='+', default=list(TESTBEDS))
+    g.add_argument('--finetune-levels', nargs='+', type=float, default=[LEVELS[0]])
+    g.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    g.add_argument('--finetune-epochs', type=int, default=3)
+    g.add_argument('--finetune-lr', type=float, default=2e-4)
+    g.add_argument('--distill-weight', type=float, default=0.5, help='0: no distillation')
+    g.add_argument('--finetune-steps', type=int, default=None,
+                   help='cap the steps of each fine-tuning epoch (smoke runs only; part of the job description)')
+    ap.add_argument('--work', default=str(ROOT / 'benchmarks' / 'results' / 'paper_tables'))
+    ap.add_argument('--remeasure-throughput', action='store_true')
     ap.add_argument('--results', default=str(ROOT / 'benchmarks' / 'RESULTS.md'))
     ap.add_argument('--plot', default=str(ROOT / 'benchmarks' / 'plots' / 'acc_vs_flops.png'))
     args = ap.parse_args(argv)
+    missing = [m for m in args.models if not timm.is_model(m)]
+    if missing:
+        ap.error(f"unknown model(s) {missing}: the testbeds are registered when benchmarks/train_testbed.py has "
+                 f"written their weights; pass --models with the registered ones ({list(MINIS)})")
+    for lev in args.finetune_levels:
+        if lev not in LEVELS:
+            ap.error(f"--finetune-levels: {lev} is not one of the tables' FLOPs cuts {list(LEVELS)}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from timm_ssm_prune.data import prepare_animal_mnist
     prepare_animal_mnist()
-    settings, jobs = plan(args.models, args.seeds, args.finetune_epochs, args.finetune_lr, not args.no_finetune)
+    settings, jobs = plan(args.models, args)
     print(f"{len(jobs)} jobs ({sum(j['kind'] == 'train' for j in jobs)} fine-tunes), {args.jobs} at a time",
           flush=True)
     results = {}
@@ -221,55 +311,91 @@ def main(argv=None):
             results[job_key(j)] = res
             print(f"[{i + 1}/{len(jobs)} {time.time() - t0:6.0f}s] {j['kind']} {j['model']} {j['kwargs']} "
                   f"seed={j.get('seed')}: top1 {res['top1']:.2f}", flush=True)
-    throughput = measure_throughput(args.models, settings)
-    write_results(args, settings, jobs, results, throughput)
+    write_results(args, settings, results, throughput(args, settings))
 
 
-def _get(results, kind, model, kw, seeds=(None,), **extra):
-    """top-1 of the finished jobs matching the description, one per seed."""
-    vals = []
+def _results(results, kind, model, kw, seeds=(None,), **extra):
+    """The finished jobs matching the description, one per seed."""
+    out = []
     for seed in seeds:
         j = dict(kind=kind, model=model, kwargs=kw, **extra)
         if seed is not None:
             j['seed'] = seed
         r = results.get(job_key(j))
         if r is not None:
-            vals.append(r['top1'])
-    return vals
+            out.append(r)
+    return out
 
 
-def write_results(args, settings, jobs, results, throughput):
-    ft = dict(epochs=args.finetune_epochs, lr=args.finetune_lr)
+def _get(results, kind, model, kw, seeds=(None,), **extra):
+    """top-1 of the finished jobs matching the description, one per seed."""
+    return [r['top1'] for r in _results(results, kind, model, kw, seeds, **extra)]
+
+
+def _after_epoch(results, model, kw, seeds, ft, epoch):
+    """Validation top-1 after fine-tuning epoch ``epoch`` (0-based) of the matching fine-tunes, one per seed."""
+    return [r['history'][epoch]['val_top1'] for r in _results(results, 'train', model, kw, seeds, **ft)
+            if len(r['history']) > epoch]
+
+
+def _method_name(m, lab):
+    if lab != DEFAULT_LABEL:
+        return lab
+    return 'package default (training-free): ' + (', '.join(f"{k}={v}" for k, v in BEST[m].items()) or 'ToP')
+
+
+def write_results(args, settings, results, tput):
+    ft = finetune_spec(args)
     seeds = tuple(args.seeds)
+    n_ft = args.finetune_epochs
     lines = ['# Results: the paper\'s tables at small scale (Animal-MNIST)', '',
              'Produced by `python benchmarks/paper_tables.py` (machine: 2 CPU cores, torch '
-             f'{torch.__version__}). Base models: `plainmamba_mini` and `vim_mini`, 14x14 tokens like ImageNet at '
-             '224/16, trained by `benchmarks/train_animal_mnist.sh`. Top-1 (%) on the 2,000-image validation split. '
-             'Pruning: three evenly spaced stages; **every method gets its own keep rate**, solved for the FLOPs cut '
+             f'{torch.__version__}); the job results are in `benchmarks/results/paper_tables/jobs/`. Top-1 (%) on '
+             'the 2,000-image validation split (never used to pick anything). **Testbeds** `vim_d12_mini` and '
+             '`plainmamba_d12_mini` (12 blocks, trained from scratch to convergence by '
+             '`benchmarks/train_testbed.py`) prune at the paper\'s relative positions (Vim-S after blocks 5, 10, 15 '
+             'of 24 -> 2, 5, 8 of 12; PlainMamba-L3 after 9, 18, 27 of 36 -> 3, 6, 9 of 12). **Minis** '
+             '`vim_mini` and `plainmamba_mini` (6 blocks, 6 epochs) prune after blocks 2, 3, 4. All have 14x14 '
+             'tokens like ImageNet at 224/16. **Every method gets its own keep rate**, solved for the FLOPs cut '
              'with the package\'s counter, and each row prints the FLOPs it has. '
-             f'Fine-tuned rows: {args.finetune_epochs} epoch at lr {args.finetune_lr}, seeds {list(seeds)}, '
-             'mean ± sample standard deviation. `importance=\'random\'`: seeds '
-             f'{list(RANDOM_SEEDS)} (`importance_seed`), mean ± standard deviation. '
-             '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set '
-             'from the training split. "not run": the fine-tuned columns were left out of this run '
-             '(`--no-finetune`).', '']
+             f'Fine-tuned columns: {n_ft} epochs at lr {args.finetune_lr} (cosine, no warm-up), '
+             + (f'distilled from the dense model (KL weight {args.distill_weight}), ' if args.distill_weight else '')
+             + f'seeds {list(seeds)}, mean ± sample standard deviation (n stated); "after 1 epoch" is the same runs\' '
+             'validation top-1 after their first epoch. '
+             f'`importance=\'random\'`: seeds {list(RANDOM_SEEDS)} (`importance_seed`), mean ± standard deviation. '
+             '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set from '
+             'the training split of the minis. "not run": no fine-tune of that row in this run.', '']
     for m in args.models:
         dense_g = flops_of(m, {})
-        lines += [f'## {m}', '', '### Table 1 analog: dense vs naive vs ToP (equal FLOPs)', '',
-                  '| method | FLOPs cut | GFLOPs | stages / keep | top-1 zero-shot | top-1 fine-tuned |',
-                  '|---|---|---|---|---|---|']
-        lines.append(f"| dense | 0 % | {dense_g:.4f} | – | {fmt(_get(results, 'eval', m, {}))} | "
-                     f"{fmt(_get(results, 'train', m, {}, seeds, **ft))} |")
+        stages = stages_for(m)
+        tuned = m in args.finetune_models and not args.no_finetune
+        lines += [f'## {m}', '', f'{model_depth(m)} blocks, stages after blocks {list(stages)}.', '',
+                  '### Table 1 analog: dense vs naive vs ToP (equal FLOPs)', '',
+                  '| method | FLOPs cut | GFLOPs | stages / keep | top-1 zero-shot | after 1 epoch | '
+                  f'fine-tuned ({n_ft} epochs) |', '|---|---|---|---|---|---|---|']
+        lines.append(f"| dense | 0 % | {dense_g:.4f} | – | {fmt(_get(results, 'eval', m, {}))} | – | – |")
         for r in LEVELS:
-            for lab in list(METHODS) + ['best training-free']:
+            for lab in list(METHODS) + [DEFAULT_LABEL]:
                 kw = method_kwargs(settings, m, r, lab)
                 g = flops_of(m, kw)
-                ftv = fmt(_get(results, 'train', m, kw, seeds, **ft)) if lab in FINETUNED else '–'
-                name = lab if lab != 'best training-free' else \
-                    'package default (training-free): ' + (', '.join(f"{k}={v}" for k, v in BEST[m].items())
-                                                           or 'ToP')
-                lines.append(f"| {name} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | {kw['prune_layers']} / "
-                             f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {ftv} |")
+                if lab in FINETUNED and tuned and r in args.finetune_levels:
+                    one, final = (fmt(_after_epoch(results, m, kw, seeds, ft, 0)),
+                                  fmt(_get(results, 'train', m, kw, seeds, **ft)))
+                else:
+                    one = final = '–' if lab not in FINETUNED else 'not run'
+                lines.append(f"| {_method_name(m, lab)} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | "
+                             f"{kw['prune_layers']} / {kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | "
+                             f"{one} | {final} |")
+        if tuned:
+            lines += ['', f'Recovery during the fine-tune (validation top-1 after each epoch, seeds {list(seeds)}):',
+                      '', '| method | FLOPs cut | zero-shot | ' + ' | '.join(f'epoch {e + 1}' for e in range(n_ft))
+                      + ' |', '|---|---|---|' + '---|' * n_ft]
+            for r in args.finetune_levels:
+                for lab in FINETUNED:
+                    kw = method_kwargs(settings, m, r, lab)
+                    cells = [fmt(_after_epoch(results, m, kw, seeds, ft, e)) for e in range(n_ft)]
+                    lines.append(f"| {_method_name(m, lab)} | {100 * r:.0f} % | "
+                                 f"{fmt(_get(results, 'eval', m, kw))} | " + ' | '.join(cells) + ' |')
         layers, rate = settings[m][LEVELS[0]]['ToP (aligned)']
         lines += ['', f'### Table 4 analog: importance metric (aligned, zero-shot, -{100 * LEVELS[0]:.0f} % FLOPs, '
                   f'keep {rate})', '', '| metric | top-1 |', '|---|---|']
@@ -282,27 +408,30 @@ def write_results(args, settings, jobs, results, throughput):
             else:
                 vals = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
             lines.append(f"| {metric} | {fmt(vals)} |")
+        tp = tput.get(m)
         lines += ['', '### Table 5 analog: with vs without alignment', '',
-                  '| FLOPs cut | alignment | keep | top-1 zero-shot | top-1 fine-tuned | img/s | speedup vs dense |',
-                  '|---|---|---|---|---|---|---|']
-        tp = throughput[m]
+                  f'| FLOPs cut | alignment | keep | top-1 zero-shot | fine-tuned ({n_ft} epochs) | img/s | '
+                  'speedup vs dense |', '|---|---|---|---|---|---|---|']
         for r in LEVELS:
             for lab in ('naive (ViT-style, score order)', 'ToP (aligned)'):
                 kw = method_kwargs(settings, m, r, lab)
+                final = fmt(_get(results, 'train', m, kw, seeds, **ft)) \
+                    if tuned and r in args.finetune_levels else 'not run'
+                speed = f"{tp[f'{lab}@{r}']:.0f} | {tp[f'{lab}@{r}'] / tp['dense']:.2f}x" if tp else 'not run | –'
                 lines.append(f"| {100 * r:.0f} % | {'without (naive)' if 'naive' in lab else 'with (ToP)'} | "
-                             f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | "
-                             f"{fmt(_get(results, 'train', m, kw, seeds, **ft))} | {tp[f'{lab}@{r}']:.0f} | "
-                             f"{tp[f'{lab}@{r}'] / tp['dense']:.2f}x |")
-        lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch 64, {torch.get_num_threads()} threads).\n")
+                             f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {final} | {speed} |")
+        if tp:
+            lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, the models "
+                         f"timed in turn; load average {tp['load_average']:.2f} when measured).\n")
     plot = Path(args.plot).relative_to(Path(args.results).parent)
     lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({plot})', '',
               'Each curve starts from its own keep-1.0 point (naive re-packs the tokens in score order even when it '
-              'keeps them all), each at its own FLOPs.', '',
+              'keeps them all), each at its own FLOPs; stages as in the tables above.', '',
               '| model | keep rate | GFLOPs ToP / naive / packed | ToP top-1 | naive top-1 | packed top-1 |',
               '|---|---|---|---|---|---|']
     curves = {}
     for m in args.models:
-        layers = list(evenly_spaced_stages(6, 3))
+        layers = list(stages_for(m))
         pts = []
         for rate in CURVE_RATES:
             row = [rate]
@@ -329,8 +458,7 @@ def write_results(args, settings, jobs, results, throughput):
     if discussion.is_file():  # the written analysis, kept in its own file so that reruns keep it
         lines += ['', discussion.read_text().rstrip()]
     Path(args.results).write_text('\n'.join(lines) + '\n')
-    (Path(args.work) / 'summary.json').write_text(json.dumps(dict(settings=settings, throughput=throughput,
-                                                                  curves=curves), indent=1))
+    (Path(args.work) / 'summary.json').write_text(json.dumps(dict(settings=settings, curves=curves), indent=1))
     print(f"wrote {args.results} and {args.plot}")
 
 

@@ -4,13 +4,14 @@
     python benchmarks/bench_export.py --out benchmarks/results/bench_export.txt
     python benchmarks/bench_export.py --models plainmamba_l1 --flops-reduction 0.4 --batch-sizes 1 8
 
-Each model is exported twice (dense, and pruned with ToP to -``--flops-reduction`` FLOPs) through
-``torch.onnx.export(..., dynamo=True)`` with a dynamic batch, checked against PyTorch, then timed. The four measured
-things (ONNX dense, ONNX pruned, eager dense, eager pruned) are run in turn, round after round, so that a change of
-machine load hits all of them alike; the median round gives img/s. Reported per model and batch: img/s, the
-pruned/dense speedup of each runtime, the FLOPs ratio (dense/pruned GFLOPs from ``count_flops``, convention
-'mamba': all the work the model does) and speedup / FLOPs ratio (goal for ONNX: >= 0.9). Finally onnxruntime's
-profiler splits the dense ONNX model's time by operator (``Scan`` is the selective scan).
+Each model is exported dense and once per pruning method (``--methods``: ``top``, the paper's ToP; ``default``, the
+package's training-free default of the family, what the ``*_pruned`` names export), each method at its own keep rate
+for -``--flops-reduction`` FLOPs, through ``torch.onnx.export(..., dynamo=True)`` with a dynamic batch, checked
+against PyTorch, then timed. All measured things (ONNX and eager, dense and every method) are run in turn, round
+after round, so that a change of machine load hits all of them alike; the median round gives img/s. Reported per
+model and batch: img/s, the pruned/dense speedup of each runtime, the FLOPs ratio (dense/pruned GFLOPs from
+``count_flops``, convention 'mamba': all the work the model does) and speedup / FLOPs ratio (goal for ONNX: >= 0.9).
+Finally onnxruntime's profiler splits the dense ONNX model's time by operator (``Scan`` is the selective scan).
 """
 import argparse
 import json
@@ -27,6 +28,10 @@ import timm
 import timm_ssm_prune  # noqa: F401
 from timm_ssm_prune.export import compare_onnx, export_onnx, ort_session
 from timm_ssm_prune.flops import count_flops
+from timm_ssm_prune.models.facts import TRAINING_FREE
+
+# label -> pruning options beyond the keep rate (solved per method) and the model's default stages
+METHODS = {'top': lambda family: {}, 'default': lambda family: dict(TRAINING_FREE[family])}
 
 
 def timer(fn, target_s=0.25):
@@ -75,7 +80,9 @@ def main():
     ap.add_argument('--models', nargs='+', default=['plainmamba_mini', 'vim_mini'])
     ap.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
                     help='shipped / official weights (default); --no-pretrained for random weights')
-    ap.add_argument('--flops-reduction', type=float, default=0.4, help='FLOPs cut of the pruned model (ToP)')
+    ap.add_argument('--flops-reduction', type=float, default=0.4, help='FLOPs cut of the pruned models')
+    ap.add_argument('--methods', nargs='+', choices=list(METHODS), default=['top', 'default'],
+                    help="pruning methods: 'top' (the paper's), 'default' (the family's training-free default)")
     ap.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
     ap.add_argument('--rounds', type=int, default=9)
     ap.add_argument('--threads', type=int, default=1)
@@ -88,35 +95,36 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
-    say(f"bench_export: onnxruntime vs PyTorch eager, dense vs ToP pruned (-{100 * args.flops_reduction:.0f} % FLOPs), "
-        f"{args.threads} thread(s), torch {torch.__version__}")
+    say(f"bench_export: onnxruntime vs PyTorch eager, dense vs pruned ({', '.join(args.methods)}; "
+        f"-{100 * args.flops_reduction:.0f} % FLOPs each), {args.threads} thread(s), torch {torch.__version__}")
     import onnxruntime
-    say(f"onnxruntime {onnxruntime.__version__}; median of {args.rounds} rounds, the four measured things in turn "
+    say(f"onnxruntime {onnxruntime.__version__}; median of {args.rounds} rounds, all measured things in turn "
         f"each round; machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
     rows = []
     tmp = tempfile.mkdtemp(prefix='bench_export_')
     for name in args.models:
-        dense = timm.create_model(name, pretrained=args.pretrained).eval()
-        pruned = timm.create_model(name, pretrained=args.pretrained).eval()
-        pruned.set_pruning(flops_reduction=args.flops_reduction)
-        size = (dense.in_chans, *dense.img_size)
-        gf = {k: count_flops(m, size, convention='mamba') for k, m in (('dense', dense), ('pruned', pruned))}
-        flops_ratio = gf['dense'] / gf['pruned']
+        family = name.split('_')[0]
+        nets = {'dense': timm.create_model(name, pretrained=args.pretrained).eval()}
+        for meth in args.methods:
+            nets[meth] = timm.create_model(name, pretrained=args.pretrained).eval()
+            nets[meth].set_pruning(flops_reduction=args.flops_reduction, **METHODS[meth](family))
+        size = (nets['dense'].in_chans, *nets['dense'].img_size)
+        gf = {k: count_flops(m, size, convention='mamba') for k, m in nets.items()}
         sessions, paths = {}, {}
-        for k, m in (('dense', dense), ('pruned', pruned)):
+        for k, m in nets.items():
             paths[k] = os.path.join(tmp, f'{name}_{k}.onnx')
             t0 = time.perf_counter()
             export_onnx(m, paths[k])
             sessions[k] = ort_session(paths[k], threads=args.threads)
             check = compare_onnx(m, sessions[k], [torch.randn(b, *size) for b in (1, 3)])
-            say(f"{name} {k}: {pruned.prune_cfg.describe() if k == 'pruned' else 'dense'}; GFLOPs {gf[k]:.4f}; "
+            say(f"{name} {k}: {m.prune_cfg.describe() if k != 'dense' else 'dense'}; GFLOPs {gf[k]:.4f}; "
                 f"exported in {time.perf_counter() - t0:.0f} s; onnxruntime vs PyTorch: {check['rel_diff']:.1e} of "
                 f"the logit scale")
         for bs in args.batch_sizes:
             x = torch.randn(bs, *size)
             feed = x.numpy()
             things = {}
-            for k, m in (('dense', dense), ('pruned', pruned)):
+            for k, m in nets.items():
                 sess = sessions[k]
                 inp = sess.get_inputs()[0].name
                 things[('onnx', k)] = timer(lambda s=sess, i=inp: s.run(None, {i: feed}))
@@ -128,20 +136,22 @@ def main():
                 for key, measure in things.items():
                     times[key].append(measure())
             ips = {key: bs / statistics.median(v) for key, v in times.items()}
-            rows.append(dict(model=name, batch=bs, ips=ips, flops_ratio=flops_ratio))
+            rows.append(dict(model=name, batch=bs, ips=ips, flops_ratio={k: gf['dense'] / gf[k] for k in gf}))
         shares = profile_scan(paths['dense'], torch.randn(max(args.batch_sizes), *size))
         say(f"  onnxruntime profile, {name} dense, batch {max(args.batch_sizes)}, share of run time: " +
             ", ".join(f"{op} {100 * v:.0f} %" for op, v in list(shares.items())[:5]))
     say()
-    say(f"{'model':16s} {'batch':>5s} {'runtime':8s} {'dense img/s':>12s} {'pruned img/s':>13s} {'speedup':>8s} "
+    say(f"{'model':16s} {'batch':>5s} {'runtime':8s} {'method':8s} {'img/s':>8s} {'speedup':>8s} "
         f"{'FLOPs ratio':>11s} {'speedup/FLOPs':>13s}")
     for r in rows:
         for rt in ('onnx', 'eager'):
-            d, p = r['ips'][(rt, 'dense')], r['ips'][(rt, 'pruned')]
-            say(f"{r['model']:16s} {r['batch']:5d} {rt:8s} {d:12.1f} {p:13.1f} {p / d:7.2f}x {r['flops_ratio']:10.2f}x "
-                f"{p / d / r['flops_ratio']:13.2f}")
-        say(f"{'':16s} {'':5s} {'onnx/eager':10s} dense {r['ips'][('onnx', 'dense')] / r['ips'][('eager', 'dense')]:.2f}x"
-            f"  pruned {r['ips'][('onnx', 'pruned')] / r['ips'][('eager', 'pruned')]:.2f}x")
+            d = r['ips'][(rt, 'dense')]
+            say(f"{r['model']:16s} {r['batch']:5d} {rt:8s} {'dense':8s} {d:8.1f}")
+            for meth in args.methods:
+                p, fr = r['ips'][(rt, meth)], r['flops_ratio'][meth]
+                say(f"{'':16s} {'':5s} {'':8s} {meth:8s} {p:8.1f} {p / d:7.2f}x {fr:10.2f}x {p / d / fr:13.2f}")
+        say(f"{'':16s} {'':5s} onnx/eager: " + ", ".join(
+            f"{k} {r['ips'][('onnx', k)] / r['ips'][('eager', k)]:.2f}x" for k in ['dense', *args.methods]))
     say(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.out:
         with open(args.out, 'w') as f:

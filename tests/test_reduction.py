@@ -347,6 +347,7 @@ def test_merge_flops_by_hand():
     assert (merge['linear_conv'] - prune['linear_conv']) * 1e9 == pytest.approx(8 * 8 * 64)
     assert merge['scan'] == prune['scan']
     solved = pair('vim_tiny_patch16_224', reduction='merge', flops_reduction=0.2, prune_layers=(2, 4))
+    assert prune['score'] == merge['score'] == 0
     assert solved.prune_cfg.reduction == 'merge' and 0 < solved.prune_cfg.keep_rates[0] < 1
     dense = flops_breakdown(pair('vim_tiny_patch16_224'))['total']
     assert 1 - flops_breakdown(solved)['total'] / dense == pytest.approx(0.2, abs=0.03)
@@ -384,6 +385,35 @@ def test_class_attention_against_the_recurrence():
         ref = _contribution_by_recurrence(u[b], step[b], A, Bm[b], Cm[b], gate[b], int(c[b]))
         torch.testing.assert_close(got[b], ref, rtol=1e-10, atol=1e-12)
     assert (got[0, 4:] == 0).all() and (got[0, :4] > 0).all()
+
+
+def test_class_attention_flops_by_hand():
+    kw = dict(prune_layers=(2, 4), keep_rate=0.5)
+    clip = flops_breakdown(pair('vim_tiny_patch16_224', **kw))
+    cls = flops_breakdown(pair('vim_tiny_patch16_224', importance='cls', **kw))
+    # scored after blocks 2 and 4 on 16 + 1 and 8 + 1 tokens (class token included): one multiply-add per token,
+    # channel (E = 2 x 32) and state (N = 16), one direction per token
+    assert cls['score'] * 1e9 == pytest.approx((17 + 9) * 64 * 16)
+    assert clip['score'] == 0 and cls['total'] - clip['total'] == pytest.approx(cls['score'])
+
+
+def test_class_attention_of_both_directions_in_one_pass():
+    """The mixer's one-pass score equals the per-direction references (each checked against the recurrence above)
+    summed in sequence order, for class tokens at the ends and inside."""
+    from timm_ssm_prune.models.vim import class_attention, class_attention_both
+    g = torch.Generator().manual_seed(7)
+    batch, E, N, L = 4, 5, 3, 11
+    u = torch.randn(batch, 2 * E, L, generator=g, dtype=torch.float64)
+    step = torch.rand(batch, 2 * E, L, generator=g, dtype=torch.float64) * 0.5
+    A = -torch.rand(2 * E, N, generator=g, dtype=torch.float64) * 2
+    Bf, Cf, Bb, Cb = (torch.randn(batch, N, L, generator=g, dtype=torch.float64) for _ in range(4))
+    gate = torch.randn(batch, E, generator=g, dtype=torch.float64)
+    c = torch.tensor([0, 3, 5, L - 1])
+    got = class_attention_both(u, step, A, Bf, Cf, Bb, Cb, gate, c)
+    ref = (class_attention(u[:, :E], step[:, :E], A[:E], Bf, Cf, gate, c)
+           + class_attention(u[:, E:], step[:, E:], A[E:], Bb, Cb, gate, L - 1 - c).flip(-1))
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+    assert (got[torch.arange(batch), c] == 0).all() and (got.sum(1) > 0).all()
 
 
 def test_vim_cls_importance_scores_both_directions_and_needs_a_class_token():

@@ -30,7 +30,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from .ops import scan as _scan
-from .pruning.reducer import record_merge_calls
+from .pruning.reducer import record_token_work
 
 __all__ = ['count_flops', 'flops_breakdown', 'SCAN_CONVENTIONS']
 
@@ -73,11 +73,11 @@ def _flop_table(model: nn.Module, input_size: Optional[Sequence[int]], batch_siz
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
     x = torch.zeros((batch_size, *input_size), device='meta', dtype=dtype)
     scan_calls: List[Tuple[int, int, int, int]] = []
-    merge_calls: List[Tuple[int, int, int]] = []
-    with _meta_call(model) as run, _scan.record_scan_calls(scan_calls), record_merge_calls(merge_calls), \
+    work: List[Tuple[str, int]] = []
+    with _meta_call(model) as run, _scan.record_scan_calls(scan_calls), record_token_work(work), \
             torch.no_grad(), FlopCounterMode(display=False) as counter:  # meta tensors: the PyTorch ops' formulas
         run(x)
-    return counter, scan_calls, merge_calls
+    return counter, scan_calls, work
 
 
 def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, convention: Optional[str] = None,
@@ -94,12 +94,15 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, co
 
 def flops_breakdown(model: nn.Module, input_size: Optional[Sequence[int]] = None, convention: Optional[str] = None,
                     batch_size: int = 1, dtype: torch.dtype = torch.float32) -> Dict[str, float]:
-    """Like ``count_flops`` but also returns the parts: 'linear_conv', 'scan', 'merge', 'skipped' (all in G).
+    """Like ``count_flops`` but also returns the parts: 'linear_conv', 'scan', 'merge', 'score', 'skipped' (all
+    in G).
 
     'merge' is the weighted averaging of token merging (one multiply-add per channel of every token averaged, per
-    merged stream); merging's similarity matmul is counted with the other matmuls in 'linear_conv'."""
+    merged stream); merging's similarity matmul is counted with the other matmuls in 'linear_conv'. 'score' is
+    Vim's class-attention importance (``importance='cls'``): one multiply-add per token, channel and state of one
+    scan direction at each scoring block (each token is reached by one direction only)."""
     convention = _resolve_convention(model, convention)
-    counter, scan_calls, merge_calls = _flop_table(model, input_size, batch_size, dtype)
+    counter, scan_calls, work = _flop_table(model, input_size, batch_size, dtype)
     scan_op = torch.ops.timm_ssm_prune.selective_scan.default.overloadpacket
     counts = counter.get_flop_counts()
     glob = counts.get('Global', {})
@@ -117,9 +120,10 @@ def flops_breakdown(model: nn.Module, input_size: Optional[Sequence[int]] = None
     result = {
         'linear_conv': (linear_conv - skipped) / batch_size / 1e9,
         'scan': scan / batch_size / 1e9,
-        'merge': float(sum(b * n * c for b, n, c in merge_calls)) / batch_size / 1e9,
+        'merge': float(sum(m for kind, m in work if kind == 'merge')) / batch_size / 1e9,
+        'score': float(sum(m for kind, m in work if kind == 'score')) / batch_size / 1e9,
         'skipped': skipped / batch_size / 1e9,
         'convention': convention,
     }
-    result['total'] = result['linear_conv'] + result['scan'] + result['merge']
+    result['total'] = result['linear_conv'] + result['scan'] + result['merge'] + result['score']
     return result

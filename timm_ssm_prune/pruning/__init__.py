@@ -3,7 +3,7 @@ from .config import (ALIGNMENTS, CLS_POSITIONS, IMPORTANCE_METRICS, MERGE_PARTNE
                      evenly_spaced_stages, keep_count)
 from .importance import ScanSignal, select_tokens, token_importance
 from .layout import TokenLayout, condensed_grid, gather_tokens, restrict_scan_order, scatter_to_grid, skipped_before
-from .reducer import MergePlan, Reduction, TokenReducer, merge_average, record_merge_calls
+from .reducer import MergePlan, Reduction, TokenReducer, add_token_work, merge_average, record_token_work
 from .solver import solve_flops_reduction
 from .stages import PrunableMixin
 from .trace import kept_masks, trace_kept_tokens
@@ -11,7 +11,7 @@ from .trace import kept_masks, trace_kept_tokens
 __all__ = [
     'PruneConfig', 'PruneStage', 'IMPORTANCE_METRICS', 'ALIGNMENTS', 'REDUCTIONS', 'CLS_POSITIONS', 'MERGE_PARTNERS',
     'keep_count', 'evenly_spaced_stages', 'token_importance', 'select_tokens', 'ScanSignal', 'MergePlan',
-    'merge_average', 'record_merge_calls', 'TokenLayout', 'restrict_scan_order', 'condensed_grid', 'gather_tokens',
+    'merge_average', 'record_token_work', 'add_token_work', 'TokenLayout', 'restrict_scan_order', 'condensed_grid', 'gather_tokens',
     'scatter_to_grid', 'skipped_before', 'TokenReducer', 'Reduction', 'solve_flops_reduction', 'PrunableMixin',
     'trace_kept_tokens', 'kept_masks',
 ]

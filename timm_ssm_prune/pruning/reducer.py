@@ -36,20 +36,29 @@ from .config import PruneConfig, keep_count
 from .importance import ScanSignal, select_tokens, token_importance, top_indices
 from .layout import TokenLayout, gather_tokens
 
-__all__ = ['TokenReducer', 'Reduction', 'MergePlan', 'merge_average', 'record_merge_calls']
+__all__ = ['TokenReducer', 'Reduction', 'MergePlan', 'merge_average', 'record_token_work', 'add_token_work']
 
 _STATE = threading.local()
 
 
 @contextmanager
-def record_merge_calls(calls: List[Tuple[int, int, int]]):
-    """Append (batch, tokens averaged, channels) for every merge applied to a tensor in this thread (FLOPs)."""
-    prev = getattr(_STATE, 'calls', None)
-    _STATE.calls = calls
+def record_token_work(log: List[Tuple[str, int]]):
+    """Append (kind, multiply-accumulates per forward) for the token-reduction work done in this thread outside
+    matmuls (FLOPs): 'merge' for the weighted averaging of merged tokens, 'score' for importance scores that run
+    as elementwise loops (Vim's class attention)."""
+    prev = getattr(_STATE, 'work', None)
+    _STATE.work = log
     try:
-        yield calls
+        yield log
     finally:
-        _STATE.calls = prev
+        _STATE.work = prev
+
+
+def add_token_work(kind: str, macs: int) -> None:
+    """Record ``macs`` multiply-accumulates of ``kind`` while ``record_token_work`` is active (else nothing)."""
+    log = getattr(_STATE, 'work', None)
+    if log is not None:
+        log.append((kind, int(macs)))
 
 
 def merge_average(patches: Tensor, keep: Tensor, merged: Tensor, partner: Tensor, w_keep: Tensor,
@@ -66,9 +75,7 @@ def merge_average(patches: Tensor, keep: Tensor, merged: Tensor, partner: Tensor
     numer = numer.scatter_add(1, partner.unsqueeze(-1).expand(-1, -1, patches.shape[-1]),
                               gather_tokens(patches, merged) * w_merged.unsqueeze(-1))
     denom = w_keep.scatter_add(1, partner, w_merged)
-    calls = getattr(_STATE, 'calls', None)
-    if calls is not None:
-        calls.append((patches.shape[0], keep.shape[1] + merged.shape[1], patches.shape[-1]))
+    add_token_work('merge', patches.shape[0] * (keep.shape[1] + merged.shape[1]) * patches.shape[-1])
     return numer / denom.unsqueeze(-1)
 
 

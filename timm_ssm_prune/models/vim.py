@@ -325,8 +325,8 @@ def class_attention_both(u: Tensor, step: Tensor, A: Tensor, Bf: Tensor, Cf: Ten
 
     The forward scan reaches the class token only from the tokens before it and the backward scan only from those
     after it, so every token needs the kernel of one direction, never both; and the sum over the state index n runs
-    as a loop of (B, E, L) operations instead of one (B, E, L, N) tensor, which stays in cache (3-8x faster than
-    the reference on one CPU thread at Vim-T / vim_mini sizes, benchmarks/results/bench_cls_score.txt).
+    as a loop of (B, E, L) operations instead of one (B, E, L, N) tensor, which stays in cache (2.8-5.4x faster than
+    the reference on one CPU thread at vim_mini to Vim-S sizes, benchmarks/results/bench_cls_score.txt).
 
     u, step: (B, 2E, L), A: (2E, N): forward channels, then backward ones, the backward half in its scan's
     (reversed) order; Bf, Cf / Bb, Cb: (B, N, L) of each direction, in its own order; gate (B, E); c (B,) long."""

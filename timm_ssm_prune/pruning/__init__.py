@@ -11,7 +11,7 @@ from .trace import kept_masks, trace_kept_tokens
 __all__ = [
     'PruneConfig', 'PruneStage', 'IMPORTANCE_METRICS', 'ALIGNMENTS', 'REDUCTIONS', 'CLS_POSITIONS', 'MERGE_PARTNERS',
     'keep_count', 'evenly_spaced_stages', 'token_importance', 'select_tokens', 'ScanSignal', 'MergePlan',
-    'merge_average', 'record_token_work', 'add_token_work', 'TokenLayout', 'restrict_scan_order', 'condensed_grid', 'gather_tokens',
-    'scatter_to_grid', 'skipped_before', 'TokenReducer', 'Reduction', 'solve_flops_reduction', 'PrunableMixin',
+    'merge_average', 'record_token_work', 'add_token_work', 'TokenLayout', 'restrict_scan_order', 'condensed_grid',
+    'gather_tokens', 'scatter_to_grid', 'skipped_before', 'TokenReducer', 'Reduction', 'solve_flops_reduction', 'PrunableMixin',
     'trace_kept_tokens', 'kept_masks',
 ]

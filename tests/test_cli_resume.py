@@ -43,6 +43,17 @@ def _record_lrs(monkeypatch):
     return lrs
 
 
+def _crash_after_epoch(monkeypatch, epoch):
+    """Make the run raise _Crash right after the checkpoint of ``epoch`` is written."""
+    real_save = train_mod._save_atomic
+
+    def save_then_crash(state, path):
+        real_save(state, path)
+        if path.name == 'last.pth.tar' and state['epoch'] == epoch:
+            raise _Crash()
+    monkeypatch.setattr(train_mod, '_save_atomic', save_then_crash)
+
+
 def _train_args(folder, out, exp, epochs=4):
     return ['train', *TINY, '--data-dir', str(folder), '-b', '6', '--epochs', str(epochs), '--lr', '5e-3',
             '--warmup-epochs', '1', '--warmup-lr', '1e-4', '--sched', 'cosine', '--min-lr', '1e-5', '--model-ema',
@@ -61,13 +72,7 @@ def test_resume_continues_epochs_lr_schedule_and_weights_exactly(folder, tmp_pat
     # the same run, crashing right after the checkpoint of epoch 1 is written
     monkeypatch.undo()
     lrs_a = _record_lrs(monkeypatch)
-    real_save = train_mod._save_atomic
-
-    def save_then_crash(state, path):
-        real_save(state, path)
-        if path.name == 'last.pth.tar' and state['epoch'] == 1:
-            raise _Crash()
-    monkeypatch.setattr(train_mod, '_save_atomic', save_then_crash)
+    _crash_after_epoch(monkeypatch, 1)
     with pytest.raises(_Crash):
         main(_train_args(folder, out, 'cut'))
     monkeypatch.undo()
@@ -116,14 +121,6 @@ def _kd_args(folder, out, exp, *extra, model=KD):
             '--output', str(out), '--experiment', exp, *extra]
 
 
-def _crash_after_epoch_0(monkeypatch):
-    real_save = train_mod._save_atomic
-
-    def save_then_crash(state, path):
-        real_save(state, path)
-        if path.name == 'last.pth.tar' and state['epoch'] == 0:
-            raise _Crash()
-    monkeypatch.setattr(train_mod, '_save_atomic', save_then_crash)
 
 
 @pytest.mark.parametrize('source', ['initial-checkpoint', 'pretrained', 'seeded-init'])
@@ -136,7 +133,7 @@ def test_resume_with_distill_keeps_the_initial_dense_teacher(folder, tmp_path, m
     model = ['--model', 'vim_mini', '--pretrained', '--model-kwargs', 'prune_layers=(1,)', 'keep_rate=0.5',
              '--num-classes', '3'] if source == 'pretrained' else KD
     assert main(_kd_args(folder, out, 'full', *init, model=model)) == 0
-    _crash_after_epoch_0(monkeypatch)
+    _crash_after_epoch(monkeypatch, 0)
     with pytest.raises(_Crash):
         main(_kd_args(folder, out, 'cut', *init, model=model))
     monkeypatch.undo()

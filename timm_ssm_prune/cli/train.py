@@ -464,8 +464,8 @@ def _build_teacher(model, args, resume):
     old_sha = recorded.get('sha256') if recorded is not None else None
     fix = "pass --teacher-checkpoint FILE with the run's teacher weights" + (
         f" (sha256 {old_sha[:12]}...)" if old_sha else '')
-    teacher = copy.deepcopy(model)
-    if rec['source'] == 'checkpoint' and (resume is None or args.teacher_checkpoint):
+    teacher = copy.deepcopy(model)  # a new run's model holds the initial weights already
+    if args.teacher_checkpoint:
         load_weights(teacher, read_checkpoint(rec['path'], 'teacher checkpoint'))
     elif resume is not None:  # rebuild the recorded teacher (a new run's student holds the initial weights)
         try:

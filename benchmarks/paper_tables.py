@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import hashlib
 import json
 import os
@@ -94,6 +95,7 @@ def model_depth(model_name: str) -> int:
     return len(timm.create_model(model_name).layers)
 
 
+@functools.lru_cache(maxsize=None)
 def stages_for(model_name: str):
     """The stage positions of the tables: the paper's relative positions for the testbeds, three evenly spaced
     stages for the minis."""

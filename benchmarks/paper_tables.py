@@ -102,7 +102,13 @@ def stages_for(model_name: str):
     depth = model_depth(model_name)
     if model_name in MINIS:
         return tuple(evenly_spaced_stages(depth, 3))
-    pos, total = PAPER_STAGES[model_name.split('_')[0]]
+    return paper_stages(model_name.split('_')[0], depth)
+
+
+def paper_stages(family: str, depth: int):
+    """The paper's stage positions of ``family`` scaled to ``depth`` blocks with round(): Vim (5, 10, 15 of 24)
+    -> (2, 5, 8) of 12; PlainMamba (9, 18, 27 of 36) -> (3, 6, 9) of 12."""
+    pos, total = PAPER_STAGES[family]
     return tuple(round(depth * k / total) for k in pos)
 
 
@@ -376,6 +382,8 @@ def write_results(args, settings, results, tput):
              '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set from '
              'the training split of the minis. "not run": no fine-tune of that row in this run.', '']
     for m in args.models:
+        lines += testbed_curve_lines(m)
+    for m in args.models:
         dense_g = flops_of(m, {})
         stages = stages_for(m)
         tuned = m in args.finetune_models and not args.no_finetune
@@ -470,6 +478,37 @@ def write_results(args, settings, results, tput):
     Path(args.results).write_text('\n'.join(lines) + '\n')
     (Path(args.work) / 'summary.json').write_text(json.dumps(dict(settings=settings, curves=curves), indent=1))
     print(f"wrote {args.results} and {args.plot}")
+
+
+def testbed_curve_lines(model_name: str, results_dir: Path = ROOT / 'benchmarks' / 'results', last: int = 5):
+    """RESULTS.md's section on how a testbed was trained: its per-epoch curve (benchmarks/train_testbed.py writes
+    ``<name>_curve.json`` with the final weights) and how flat its last ``last`` epochs are. [] for the minis."""
+    path = results_dir / f'{model_name}_curve.json'
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    cfg, curve = data['config'], data['curve']
+    if len(curve) != cfg['epochs']:
+        raise ValueError(f"{path}: {len(curve)} epochs in the curve but the recipe has {cfg['epochs']}; "
+                         f"finish the training (benchmarks/train_testbed.py {model_name}) first")
+    tail = curve[-last:]
+    spread = {k: (min(r[k] for r in tail), max(r[k] for r in tail)) for k in ('holdout_top1', 'val_top1')}
+    hours = curve[-1]['total_hours']
+    lines = [f'## Testbed {model_name}: training curve', '',
+             f"`python benchmarks/train_testbed.py {model_name}` (recipe in its docstring): "
+             f"`{cfg['base']}` with {cfg['model_kwargs']}, from scratch, seed {cfg['seed']}, {cfg['epochs']} epochs, "
+             f"batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warm-up {cfg['warmup_epochs']} epochs, cosine to "
+             f"{cfg['min_lr']}), weight decay {cfg['weight_decay']}, label smoothing {cfg['smoothing']}, drop path "
+             f"{cfg['drop_path']}; {hours:.1f} h of one CPU thread. Holdout: {10 * cfg['holdout_per_class']} training "
+             'images never trained on (the only signal for judging convergence); val: the 2,000-image validation '
+             'split, only reported. The shipped weights are the last epoch\'s.', '',
+             f"Last {len(tail)} epochs: holdout top-1 {spread['holdout_top1'][0]:.2f}-{spread['holdout_top1'][1]:.2f}, "
+             f"val top-1 {spread['val_top1'][0]:.2f}-{spread['val_top1'][1]:.2f}; final val top-1 "
+             f"{curve[-1]['val_top1']:.2f}.", '',
+             '| epoch | lr (end) | train loss | holdout top-1 | val top-1 |', '|---|---|---|---|---|']
+    lines += [f"| {r['epoch']} | {r['lr']:.2e} | {r['train_loss']:.4f} | {r['holdout_top1']:.2f} | "
+              f"{r['val_top1']:.2f} |" for r in curve]
+    return lines + ['']
 
 
 def _plot(curves, path):

@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 import timm_ssm_prune  # noqa: E402,F401  (registers the models)
 from timm_ssm_prune.benchmark import time_model  # noqa: E402
 from timm_ssm_prune.flops import count_flops  # noqa: E402
-from timm_ssm_prune.models.facts import TRAINING_FREE  # noqa: E402
+from timm_ssm_prune.models.facts import FACTS, TRAINING_FREE  # noqa: E402
 from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402
 
 MINIS = ('plainmamba_mini', 'vim_mini')
@@ -391,7 +391,11 @@ def write_results(args, settings, results, tput):
                   '### Table 1 analog: dense vs naive vs ToP (equal FLOPs)', '',
                   '| method | FLOPs cut | GFLOPs | stages / keep | top-1 zero-shot | after 1 epoch | '
                   f'fine-tuned ({n_ft} epochs) |', '|---|---|---|---|---|---|---|']
-        lines.append(f"| dense | 0 % | {dense_g:.4f} | – | {fmt(_get(results, 'eval', m, {}))} | – | – |")
+        dense_top1 = _get(results, 'eval', m, {})
+        lines.append(f"| dense | 0 % | {dense_g:.4f} | – | {fmt(dense_top1)} | – | – |")
+        if dense_top1 and m in FACTS and abs(dense_top1[0] - FACTS[m].top1) > 1e-6:
+            print(f"WARNING: {m}: the validate job gives {dense_top1[0]:.2f} % but models/facts.py (model cards, "
+                  f"README) says {FACTS[m].top1}: update FACTS['{m}'].top1", file=sys.stderr, flush=True)
         for r in LEVELS:
             for lab in list(METHODS) + [DEFAULT_LABEL]:
                 kw = method_kwargs(settings, m, r, lab)

@@ -4,14 +4,18 @@
     python benchmarks/leaderboard.py                       # both minis, ~1 h on one core; writes
                                                            # benchmarks/results/leaderboard.{json,md}
     python benchmarks/leaderboard.py --models vim_mini --levels 0.3
+    python benchmarks/leaderboard.py --models vim_d12_mini --out benchmarks/results/leaderboard_vim_d12_mini
 
 Protocol (no setting is picked on the validation split):
-* every configuration gets its own keep rate, solved with the package's FLOPs counter for the target (three
-  evenly spaced stages, as the paper's schedules); the table prints the GFLOPs each row actually has;
-* each row is scored on a *selection* set and on the validation split. The selection set is 1,000 images of the
-  training split (100 per class, seed 0). The shipped minis were trained on the whole training split, so these
+* every configuration gets its own keep rate, solved with the package's FLOPs counter for the target, at the
+  stages of benchmarks/paper_tables.py (three evenly spaced ones on the minis, the paper's relative positions on
+  the testbeds); the table prints the GFLOPs each row actually has;
+* each row is scored on a *selection* set and on the validation split. Minis: the selection set is 1,000 images
+  of the training split (100 per class, seed 0); the minis were trained on the whole training split, so these
   images are not unseen by the weights: they choose among training-free settings, they are not an accuracy
-  estimate; only the validation column is.
+  estimate; only the validation column is. Testbeds (models with a ``benchmarks/results/<name>_curve.json`` from
+  benchmarks/train_testbed.py): the selection set is the testbed's holdout, the 400 training images it never
+  trained on.
 * the recommended default is the row with the best mean selection top-1 over both FLOPs targets; its validation
   numbers are reported as they come.
 * importance='random' rows are the mean and standard deviation over seeds 0, 1, 2 (importance_seed).
@@ -39,7 +43,9 @@ import timm  # noqa: E402
 import timm_ssm_prune  # noqa: E402,F401
 from timm_ssm_prune.data import prepare_animal_mnist  # noqa: E402
 from timm_ssm_prune.flops import count_flops  # noqa: E402
-from timm_ssm_prune.pruning import evenly_spaced_stages  # noqa: E402
+
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+from paper_tables import stages_for  # noqa: E402  (the tables' stages: one schedule for both scripts)
 
 RESULTS = ROOT / 'benchmarks' / 'results'
 SEEDS = (0, 1, 2)
@@ -60,6 +66,23 @@ def load_split(folder: Path, mean, std, per_class=None, seed=0):
     x = torch.from_numpy(np.stack(xs)).unsqueeze(1)
     x = (x - mean[0]) / std[0]
     return x, torch.tensor(ys)
+
+
+MINI_SELECTION = '1,000 training-split images (100 per class, seed 0), seen in training'
+
+
+def selection_split(name: str, root: Path, cfg: dict):
+    """The images that rank the rows and their description: a testbed's holdout (never trained on), else 1,000
+    training-split images."""
+    curve = RESULTS / f'{name}_curve.json'
+    if not curve.is_file():
+        return load_split(root / 'train', cfg['mean'], cfg['std'], per_class=100, seed=0), MINI_SELECTION
+    from train_testbed import load_animal_mnist
+    tb = json.loads(curve.read_text())['config']
+    splits = load_animal_mnist(tb['holdout_per_class'], tb['holdout_seed'], str(root))
+    x = (splits.holdout_x.float().unsqueeze(1) / 255.0 - cfg['mean'][0]) / cfg['std'][0]
+    return (x, splits.holdout_y), (f"the testbed's holdout: {len(x)} training-split images it never trained on "
+                                   f"({tb['holdout_per_class']} per class, seed {tb['holdout_seed']})")
 
 
 @torch.no_grad()
@@ -97,7 +120,7 @@ def build(name, level, kw, seed=None):
         opts = dict(kw)
         if seed is not None:
             opts['importance_seed'] = seed
-        model.set_pruning(flops_reduction=level, prune_layers=evenly_spaced_stages(len(model.layers), 3), **opts)
+        model.set_pruning(flops_reduction=level, prune_layers=stages_for(name), **opts)
     return model.eval()
 
 
@@ -134,10 +157,11 @@ def main(argv=None):
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     for name in args.models:
         cfg = timm.create_model(name).pretrained_cfg
-        data = dict(select=load_split(root / 'train', cfg['mean'], cfg['std'], per_class=100, seed=0),
-                    val=load_split(root / 'val', cfg['mean'], cfg['std']))
+        select, described = selection_split(name, root, cfg)
+        data = dict(select=select, val=load_split(root / 'val', cfg['mean'], cfg['std']))
         family = 'vim' if name.startswith('vim') else 'plainmamba'
         res = results.setdefault(name, {})
+        res['selection'] = described
         if 'dense' not in res or not is_current(res['dense'], name, None, None):
             res['dense'] = evaluate(name, None, None, data)
         for level in args.levels:
@@ -170,6 +194,8 @@ def render(results, levels):
         dense = res['dense']
         lines.append(f"### {name} (dense: {dense['gflops']:.4f} GFLOPs, selection {dense['select']:.2f}, "
                      f"val {dense['val']:.2f})\n")
+        lines.append(f"Selection set: {res.get('selection', MINI_SELECTION)}; stages after blocks "
+                     f"{list(stages_for(name))}.\n")
         lines.append('Modes: `prune` (ToP: dropped), `merge` (folded into the most similar kept token), `hybrid` '
                      '(half merged, half dropped); importance `clip` (the paper), `l1`, `delta` (timescale), `cls` '
                      '(contribution to the class token), `random`; `raster-cls`: the class token at its original '

@@ -471,8 +471,9 @@ def write_results(args, settings, results, tput):
         lines += ['', '## Leaderboard: training-free reduction, every mode side by side', '',
                   'From `python benchmarks/leaderboard.py --models MODEL --out benchmarks/results/leaderboard_MODEL` '
                   '(one thread each). Rows are sorted by the mean selection top-1 over both FLOPs cuts; the selection '
-                  'set is 1,000 training-split images (100 per class, seed 0), which the minis saw in training: it '
-                  'ranks the modes, the validation column (2,000 unseen images) is the accuracy. Every row has its '
+                  'set (named under each model: 1,000 training-split images for the minis, which they saw in '
+                  'training; the 400-image holdout for the testbeds, which they never saw) ranks the modes, the '
+                  'validation column (2,000 unseen images) is the accuracy. Every row has its '
                   'own keep rate for the FLOPs cut; random rows: mean ± std over importance_seed 0, 1, 2.', '']
         for b in boards:
             lines.append(b.read_text().rstrip() + '\n')

@@ -19,7 +19,7 @@ import huggingface_hub
 import timm
 import timm_ssm_prune  # noqa: F401  (registers the models)
 from timm_ssm_prune import hub
-from timm_ssm_prune.models.facts import TRAINING_FREE
+from timm_ssm_prune.models.facts import FACTS, TRAINING_FREE
 from timm_ssm_prune.cli import main as cli_main
 from timm_ssm_prune.models import plainmamba as pm_mod
 from timm_ssm_prune.models import vim as vim_mod
@@ -272,6 +272,21 @@ def test_model_card(name):
             assert top in body and 'fine-tuned 30 epochs' in body
         else:
             assert 'reports no result for this model' in body
+    elif not name.endswith('_pruned'):  # a dense card names every pruning kwarg and every value the config takes
+        from timm_ssm_prune.pruning import config as pcfg
+        vim = name.startswith('vim')
+        for kwarg, values in (('reduction', pcfg.REDUCTIONS), ('alignment', pcfg.ALIGNMENTS),
+                              ('merge_partner', pcfg.MERGE_PARTNERS), ('importance', pcfg.IMPORTANCE_METRICS),
+                              ('cls_position', pcfg.CLS_POSITIONS)):
+            listed = [v for v in values if f'`{v}`' in body]
+            if kwarg == 'cls_position' and not vim:
+                assert f'`{kwarg}`' not in body
+            elif kwarg == 'importance' and not vim:  # the class-token score needs a class token
+                assert listed == [v for v in values if v != 'cls'], kwarg
+            else:
+                assert f'`{kwarg}`' in body and listed == list(values), kwarg
+    if mini:  # how the shipped weights were trained, per model
+        assert f"Trained from scratch by timm-ssm-prune {FACTS[name].trained}" in body
 
 
 def test_hub_configs_are_up_to_date():

@@ -364,6 +364,27 @@ def _options_sentence(pc, family: str) -> str:
                    + (", `cls_position='middle'`." if family == 'vim' else "."))
 
 
+def _dense_options_text(family: str) -> str:
+    """How a dense card's reader switches pruning on: every kwarg and its values (from the pruning config, so the
+    card cannot list fewer than the code accepts)."""
+    from .models.facts import TRAINING_FREE
+    from .pruning.config import ALIGNMENTS, CLS_POSITIONS, IMPORTANCE_METRICS, MERGE_PARTNERS, REDUCTIONS
+
+    def one_of(values):
+        return ', '.join(f"`{v}`" for v in values)
+
+    metrics = IMPORTANCE_METRICS if family == 'vim' else tuple(m for m in IMPORTANCE_METRICS if m != 'cls')
+    text = ("Pruning is configured with model kwargs: `prune_layers` (block counts after which to prune) with "
+            "`keep_rate` (one rate, or one per stage) or `flops_reduction=0.4` (a keep rate solved for that FLOPs "
+            f"cut); `reduction` ({one_of(REDUCTIONS)}), `importance` ({one_of(metrics)}), `alignment` "
+            f"({one_of(ALIGNMENTS)}), `merge_partner` ({one_of(MERGE_PARTNERS)})")
+    if family == 'vim':
+        text += f", `cls_position` ({one_of(CLS_POSITIONS)})"
+    default = ', '.join(f"{k}={v!r}" for k, v in TRAINING_FREE[family].items())
+    return (text + f". The paper's method (ToP) is the default of each kwarg; the package's training-free default "
+            f"for this family, used by the `*_pruned` names, adds `{default}`.")
+
+
 def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None, *,
                       weights: Optional[str] = None, repo_id: Optional[str] = None,
                       converted_from: Optional[str] = None, known_weights: bool = True) -> str:
@@ -474,10 +495,8 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
                    "`local-dir:` rebuilds the same pruned model:\n")
         out.append("```json\n" + json.dumps(args) + "\n```\n")
     else:
-        out.append(f"Dense: all {counts[0]} tokens{cls_note} run through all {facts['depth']} blocks. Pruning is "
-                   "configured with model kwargs: `prune_layers` (block counts after which to prune), `keep_rate` "
-                   "(one rate, or one per stage), `importance` (`clip`, `l1`, `l2`, `sum`, `random`), `alignment` "
-                   "(`aligned`, `naive`, `decay`), or `flops_reduction=0.4` to solve a keep rate for a FLOPs cut.\n")
+        out.append(f"Dense: all {counts[0]} tokens{cls_note} run through all {facts['depth']} blocks. "
+                   + _dense_options_text(fam_key) + "\n")
     conv_note = {
         'mamba': "convention `mamba`: every linear/conv multiply-accumulate plus 9·E·N·L + E·L per scan direction "
                  "(PlainMamba's `get_flops.py`)",
@@ -512,8 +531,7 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
         out.append("| model | ImageNet-1k top-1 (%) | source |\n|---|---|---|\n" + '\n'.join(rows) + "\n")
     if mini and known_weights:
         acc = MINI_TOP1.get(base)
-        out.append("Trained from scratch by timm-ssm-prune on the 8,000-image Animal-MNIST train split for 6 epochs "
-                   "(`benchmarks/train_animal_mnist.sh`)"
+        out.append(f"Trained from scratch by timm-ssm-prune {FACTS[base].trained}"
                    + (f": top-1 **{acc} %** on the 2,000-image validation split (dense)" if acc else '')
                    + ". Pruned accuracies, zero-shot and fine-tuned, are in the repository's "
                    "`benchmarks/RESULTS.md`.\n")

@@ -17,6 +17,7 @@ __all__ = ['ModelFacts', 'FACTS', 'PUBLISHED_TOP', 'TRAINING_FREE', 'pruned_defa
 PM_SOURCE = 'PlainMamba README (github.com/ChenhongyiYang/PlainMamba), ImageNet-1k val'
 VIM_SOURCE = 'Vim README (github.com/hustvl/Vim), ImageNet-1k val'
 MINI_SOURCE = 'measured here: Animal-MNIST validation split (2,000 images), benchmarks/RESULTS.md'
+MINI_TRAINED = 'on the 8,000-image Animal-MNIST train split for 6 epochs (`benchmarks/train_animal_mnist.sh`)'
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ModelFacts:
     hub: Optional[Tuple[str, str]] = None          # (Hugging Face repo, file) of the upstream weights
     shipped: bool = False                          # weights trained here, inside the package
     pruned: Optional[Dict] = field(default=None)   # default schedule of the ``*_pruned`` name, if registered
+    trained: Optional[str] = None                  # shipped weights: how they were trained (model cards)
 
     @property
     def weights(self) -> str:
@@ -55,7 +57,7 @@ FACTS: Dict[str, ModelFacts] = {
                                 pruned=dict(prune_layers=(6, 12, 18), keep_rate=0.522)),
     'plainmamba_l3': ModelFacts('PlainMamba-L3', 82.3, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l3.pth'),
                                 pruned=dict(prune_layers=(9, 18, 27), keep_rate=0.576)),
-    'plainmamba_mini': ModelFacts('PlainMamba-mini', 87.75, MINI_SOURCE, shipped=True),
+    'plainmamba_mini': ModelFacts('PlainMamba-mini', 87.75, MINI_SOURCE, shipped=True, trained=MINI_TRAINED),
     'vim_tiny_patch16_224': ModelFacts(
         'Vim-Ti', 76.1, VIM_SOURCE, ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
         pruned=dict(prune_layers=(10, 20), keep_rate=0.8)),
@@ -71,7 +73,7 @@ FACTS: Dict[str, ModelFacts] = {
     'vim_small_patch16_stride8_224': ModelFacts(
         'Vim-S+ (stride-8 fine-tune)', 81.6, VIM_SOURCE,
         ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth')),
-    'vim_mini': ModelFacts('Vim-mini', 77.95, MINI_SOURCE, shipped=True),
+    'vim_mini': ModelFacts('Vim-mini', 77.95, MINI_SOURCE, shipped=True, trained=MINI_TRAINED),
 }
 
 # ToP's published results (arXiv:2409.18962), after the paper's 30-epoch fine-tune of the pruned model.

@@ -120,10 +120,14 @@ def prune_setting(model_name: str, level: float, **options):
     return list(m.prune_cfg.prune_layers), m.prune_cfg.keep_rates[0]
 
 
+def method_options(model, label):
+    """The options of a Table 1 method beyond stages and keep rate (the package default's are the family's)."""
+    return BEST[model] if label == DEFAULT_LABEL else METHODS[label]
+
+
 def method_kwargs(settings, model, level, label):
     layers, rate = settings[model][level][label]
-    options = BEST[model] if label == DEFAULT_LABEL else METHODS[label]
-    return dict(prune_layers=layers, keep_rate=rate, **options)
+    return dict(prune_layers=layers, keep_rate=rate, **method_options(model, label))
 
 
 def kwargs_args(kw: dict):
@@ -202,7 +206,7 @@ def finetune_spec(args) -> dict:
 
 def plan(models, args):
     labels = list(METHODS) + [DEFAULT_LABEL]
-    settings = {m: {r: {lab: prune_setting(m, r, **(BEST[m] if lab == DEFAULT_LABEL else METHODS[lab]))
+    settings = {m: {r: {lab: prune_setting(m, r, **method_options(m, lab))
                         for lab in labels} for r in LEVELS} for m in models}
     jobs = []
 

@@ -192,8 +192,12 @@ def run_job(job: dict, work: Path) -> dict:
 
 
 def flops_of(model_name: str, kw: dict) -> float:
-    m = timm.create_model(model_name, **kw)
-    return count_flops(m)
+    return _flops_of(model_name, json.dumps(kw, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _flops_of(model_name: str, kw_json: str) -> float:
+    return count_flops(timm.create_model(model_name, **json.loads(kw_json)))
 
 
 def finetune_spec(args) -> dict:
@@ -449,6 +453,7 @@ def write_results(args, settings, results, tput):
         if tp:
             lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, the models "
                          f"timed in turn; load average {tp['load_average']:.2f} when measured).\n")
+        lines += claims_lines(m, settings, results, args)
     plot = Path(args.plot).relative_to(Path(args.results).parent)
     lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({plot})', '',
               'Each curve starts from its own keep-1.0 point (naive re-packs the tokens in score order even when it '
@@ -487,6 +492,114 @@ def write_results(args, settings, results, tput):
     Path(args.results).write_text('\n'.join(lines) + '\n')
     (Path(args.work) / 'summary.json').write_text(json.dumps(dict(settings=settings, curves=curves), indent=1))
     print(f"wrote {args.results} and {args.plot}")
+
+
+VAL_IMAGES = 2000  # the validation split: every zero-shot top-1 is a proportion of these images
+
+
+def zero_shot_se(*top1s: float) -> float:
+    """Standard error (points) of one zero-shot top-1, or of the difference of several measured on the validation
+    split, from the binomial variance of each; unpaired, so conservative for methods scored on the same images."""
+    return 100 * sum((t / 100) * (1 - t / 100) / VAL_IMAGES for t in top1s) ** 0.5
+
+
+def verdict(diff: float, se: float) -> str:
+    """'holds' when diff > 2 se, 'reversed' when diff < -2 se, else 'within noise'."""
+    return 'holds' if diff > 2 * se else 'reversed' if diff < -2 * se else 'within noise'
+
+
+def claims_lines(m, settings, results, args):
+    """The paper's three claims checked on model ``m``'s rows, with the noise of each comparison (the rule is
+    ``verdict``: a difference counts when it is more than twice its standard error)."""
+    top, naive, packed = 'ToP (aligned)', 'naive (ViT-style, score order)', 'packed (ViT-style, original order)'
+    out = ['', '### The paper\'s claims on this model', '',
+           'A difference counts when it exceeds twice its standard error: for zero-shot numbers the binomial error '
+           f'of {VAL_IMAGES} validation images (unpaired, so conservative), for fine-tuned ones the seeds\' sample '
+           'standard deviations (sqrt(s1²/n1 + s2²/n2)).', '',
+           '| claim | comparison | difference (points) | standard error | verdict |', '|---|---|---|---|---|']
+
+    def zs(level, label):
+        v = _get(results, 'eval', m, method_kwargs(settings, m, level, label))
+        return v[0] if v else None
+
+    same = _same_as_top(m, results)
+    for level in LEVELS:
+        for other in (naive, packed):
+            a, b = zs(level, top), zs(level, other)
+            if other == packed and same:
+                continue
+            if a is not None and b is not None:
+                se = zero_shot_se(a, b)
+                out.append(f"| aligned beats naive, zero-shot | ToP {a:.2f} vs {other.split(' (')[0]} {b:.2f} at "
+                           f"-{100 * level:.0f} % | {a - b:+.2f} | {se:.2f} | {verdict(a - b, se)} |")
+    if m in args.finetune_models and not args.no_finetune:
+        ft, seeds = finetune_spec(args), tuple(args.seeds)
+        for level in args.finetune_levels:
+            a = _get(results, 'train', m, method_kwargs(settings, m, level, top), seeds, **ft)
+            b = _get(results, 'train', m, method_kwargs(settings, m, level, naive), seeds, **ft)
+            if len(a) > 1 and len(b) > 1:
+                diff = statistics.mean(a) - statistics.mean(b)
+                se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+                out.append(f"| aligned beats naive, fine-tuned | ToP {fmt(a)} vs naive {fmt(b)} at "
+                           f"-{100 * level:.0f} % | {diff:+.2f} | {se:.2f} | {verdict(diff, se)} |")
+    layers, rate = settings[m][LEVELS[0]][top]
+    scores = {'clip': zs(LEVELS[0], top)}
+    for metric in METRICS[1:]:
+        if metric == 'random':
+            vals = [v for sd in RANDOM_SEEDS for v in _get(results, 'eval', m, dict(
+                prune_layers=layers, keep_rate=rate, importance=metric, importance_seed=sd))]
+            scores[metric] = statistics.mean(vals) if vals else None
+        else:
+            v = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
+            scores[metric] = v[0] if v else None
+    if all(v is not None for v in scores.values()):
+        best = max((k for k in scores if k != 'clip'), key=scores.get)
+        diff, se = scores['clip'] - scores[best], zero_shot_se(scores['clip'], scores[best])
+        out.append(f"| clip is the best importance | clip {scores['clip']:.2f} vs the best other, {best} "
+                   f"{scores[best]:.2f} (-{100 * LEVELS[0]:.0f} %, zero-shot) | {diff:+.2f} | {se:.2f} | "
+                   f"{verdict(diff, se)} |")
+    for other in (naive, packed):
+        al = 'naive' if other == naive else 'packed'
+        if al == 'packed' and same:
+            continue
+        pts = _curve_points(m, results, 'aligned')
+        for rate_o, g, acc in _curve_points(m, results, al):
+            ref = _interpolate(pts, g)
+            if ref is None or rate_o == 1.0:
+                continue
+            se = zero_shot_se(ref, acc)
+            out.append(f"| ToP's curve dominates | ToP at {1e3 * g:.2f} MFLOPs (interpolated) {ref:.2f} vs {al} "
+                       f"keep {rate_o} {acc:.2f} | {ref - acc:+.2f} | {se:.2f} | {verdict(ref - acc, se)} |")
+    if same:
+        out += ['', 'Packed (ViT-style packing in the original order) gives ToP\'s numbers exactly on this model (every '
+                'curve point and both FLOPs cuts): with one 1-D scan order, keeping the order is the alignment.']
+    return out + ['']
+
+
+def _same_as_top(m, results) -> bool:
+    """Whether packed and ToP gave identical top-1 at every finished curve point (Vim: the same computation)."""
+    a, p = _curve_points(m, results, 'aligned'), _curve_points(m, results, 'packed')
+    return bool(a) and [(r, t) for r, _, t in a] == [(r, t) for r, _, t in p]
+
+
+def _curve_points(m, results, alignment):
+    """(keep rate, GFLOPs, zero-shot top-1) of the accuracy-vs-FLOPs curve of one alignment, the finished ones."""
+    pts = []
+    for rate in CURVE_RATES:
+        kw = dict(prune_layers=list(stages_for(m)), keep_rate=rate, alignment=alignment)
+        v = _get(results, 'eval', m, kw)
+        if v:
+            pts.append((rate, flops_of(m, kw), v[0]))
+    return pts
+
+
+def _interpolate(pts, g):
+    """Top-1 of a curve at GFLOPs ``g``, linear between its two neighbouring points; None outside its range."""
+    pts = sorted((p[1], p[2]) for p in pts)
+    for (g0, a0), (g1, a1) in zip(pts, pts[1:]):
+        if g0 <= g <= g1:
+            return a0 if g1 == g0 else a0 + (a1 - a0) * (g - g0) / (g1 - g0)
+    return None
 
 
 def testbed_curve_lines(model_name: str, results_dir: Path = ROOT / 'benchmarks' / 'results', last: int = 5):

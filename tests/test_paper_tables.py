@@ -89,5 +89,28 @@ def test_report_aggregates_the_jobs(pt, tmp_path, capsys):
     assert f"| dense | 0 % | " in text and f"| {dense:.2f} | – | – |" in text
     rnd = [results[pt.job_key(j)]['top1'] for j in jobs if j['kwargs'].get('importance') == 'random']
     assert f"| random | {cell(rnd)} |" in text and len(rnd) == len(pt.RANDOM_SEEDS)
+    # the claims: ToP vs naive zero-shot at -30 %, and fine-tuned (Welch's standard error over the three seeds)
+    top, naive = (pt.method_kwargs(settings, 'vim_mini', 0.3, lab) for lab in ('ToP (aligned)',
+                                                                           'naive (ViT-style, score order)'))
+    a, b = (results[pt.job_key(dict(kind='eval', model='vim_mini', kwargs=kw))]['top1'] for kw in (top, naive))
+    se = pt.zero_shot_se(a, b)
+    assert f"| ToP {a:.2f} vs naive {b:.2f} at -30 % | {a - b:+.2f} | {se:.2f} | {pt.verdict(a - b, se)} |" in text
+    ra, rb = ([results[pt.job_key(j)]['top1'] for j in jobs if j['kind'] == 'train' and j['kwargs'] == kw]
+              for kw in (top, naive))
+    se = (statistics.variance(ra) / 3 + statistics.variance(rb) / 3) ** 0.5
+    diff = statistics.mean(ra) - statistics.mean(rb)
+    assert f"| {diff:+.2f} | {se:.2f} | {pt.verdict(diff, se)} |" in text
+    assert text.count("| ToP's curve dominates |") >= 1
     # the made-up dense top-1 is not the 77.95 of models/facts.py: the report says so
     assert f"WARNING: vim_mini: the validate job gives {dense:.2f} % but models/facts.py" in capsys.readouterr().err
+
+
+def test_claim_rules(pt):
+    # binomial standard error of one top-1 on 2,000 images: 90 % -> sqrt(.9 * .1 / 2000) = 0.6708 points
+    assert abs(pt.zero_shot_se(90.0) - 0.67082) < 1e-4
+    assert abs(pt.zero_shot_se(90.0, 50.0) - 100 * (0.09 / 2000 + 0.25 / 2000) ** 0.5) < 1e-9
+    assert pt.verdict(2.1, 1.0) == 'holds' and pt.verdict(-2.1, 1.0) == 'reversed'
+    assert pt.verdict(1.9, 1.0) == pt.verdict(-1.9, 1.0) == 'within noise'
+    pts = [(0.5, 2.0, 60.0), (0.6, 3.0, 70.0), (0.7, 4.0, 90.0)]
+    assert pt._interpolate(pts, 3.5) == 80.0 and pt._interpolate(pts, 2.0) == 60.0
+    assert pt._interpolate(pts, 1.9) is None and pt._interpolate(pts, 4.1) is None

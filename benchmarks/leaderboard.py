@@ -21,11 +21,13 @@ Protocol (no setting is picked on the validation split):
 * importance='random' rows are the mean and standard deviation over seeds 0, 1, 2 (importance_seed).
 
 Rows already in ``--out``.json are reused when the package still solves them the same keep rate and FLOPs, and
-re-run otherwise (e.g. after a change of the FLOPs counter).
+re-run otherwise (e.g. after a change of the FLOPs counter); all of a model's rows are re-run when its weights file
+(sha256) or its selection set changed.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -83,6 +85,11 @@ def selection_split(name: str, root: Path, cfg: dict):
     x = (splits.holdout_x.float().unsqueeze(1) / 255.0 - cfg['mean'][0]) / cfg['std'][0]
     return (x, splits.holdout_y), (f"the testbed's holdout: {len(x)} training-split images it never trained on "
                                    f"({tb['holdout_per_class']} per class, seed {tb['holdout_seed']})")
+
+
+def weights_sha256(cfg: dict) -> str:
+    """sha256 of the shipped weights file the rows were measured on (a retrained model invalidates its rows)."""
+    return hashlib.sha256(Path(cfg['file']).read_bytes()).hexdigest()
 
 
 @torch.no_grad()
@@ -161,7 +168,12 @@ def main(argv=None):
         data = dict(select=select, val=load_split(root / 'val', cfg['mean'], cfg['std']))
         family = 'vim' if name.startswith('vim') else 'plainmamba'
         res = results.setdefault(name, {})
-        res['selection'] = described
+        stamp = dict(selection=described, weights_sha256=weights_sha256(cfg))
+        if res.get('stamp', stamp) != stamp:  # (files written before stamps existed: the minis' current weights)
+            print(f"{name}: the weights or the selection set changed since {out_path} was written: every row is "
+                  f"run again", flush=True)
+            res.clear()
+        res['stamp'] = stamp
         if 'dense' not in res or not is_current(res['dense'], name, None, None):
             res['dense'] = evaluate(name, None, None, data)
         for level in args.levels:
@@ -194,7 +206,7 @@ def render(results, levels):
         dense = res['dense']
         lines.append(f"### {name} (dense: {dense['gflops']:.4f} GFLOPs, selection {dense['select']:.2f}, "
                      f"val {dense['val']:.2f})\n")
-        lines.append(f"Selection set: {res.get('selection', MINI_SELECTION)}; stages after blocks "
+        lines.append(f"Selection set: {res['stamp']['selection']}; stages after blocks "
                      f"{list(stages_for(name))}.\n")
         lines.append('Modes: `prune` (ToP: dropped), `merge` (folded into the most similar kept token), `hybrid` '
                      '(half merged, half dropped); importance `clip` (the paper), `l1`, `delta` (timescale), `cls` '

@@ -503,9 +503,23 @@ def zero_shot_se(*top1s: float) -> float:
     return 100 * sum((t / 100) * (1 - t / 100) / VAL_IMAGES for t in top1s) ** 0.5
 
 
-def verdict(diff: float, se: float) -> str:
-    """'holds' when diff > 2 se, 'reversed' when diff < -2 se, else 'within noise'."""
-    return 'holds' if diff > 2 * se else 'reversed' if diff < -2 * se else 'within noise'
+# Two-sided 95 % quantiles of Student's t for 1-10 degrees of freedom (standard tables); 2.0 beyond.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t975(df: int) -> float:
+    return T975[df - 1] if 1 <= df <= len(T975) else 2.0
+
+
+def verdict(diff: float, se: float, crit: float = 2.0) -> str:
+    """'holds' when diff > crit·se, 'reversed' when diff < -crit·se, else 'within noise'."""
+    return 'holds' if diff > crit * se else 'reversed' if diff < -crit * se else 'within noise'
+
+
+def paired(a, b):
+    """(mean difference, its standard error, the t quantile) of runs paired by seed: a[i] and b[i] share seed i."""
+    d = [x - y for x, y in zip(a, b)]
+    return statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5, t975(len(d) - 1)
 
 
 def claims_lines(m, settings, results, args):
@@ -513,16 +527,19 @@ def claims_lines(m, settings, results, args):
     ``verdict``: a difference counts when it is more than twice its standard error)."""
     top, naive, packed = 'ToP (aligned)', 'naive (ViT-style, score order)', 'packed (ViT-style, original order)'
     out = ['', '### The paper\'s claims on this model', '',
-           'A difference counts when it exceeds twice its standard error: for zero-shot numbers the binomial error '
-           f'of {VAL_IMAGES} validation images (unpaired, so conservative), for fine-tuned ones the seeds\' sample '
-           'standard deviations (sqrt(s1²/n1 + s2²/n2)).', '',
+           'A zero-shot difference counts when it exceeds twice its standard error, the binomial error of '
+           f'{VAL_IMAGES} validation images (unpaired, so conservative: the methods see the same images). A '
+           'fine-tuned difference is paired by seed (both methods run with seeds 0, 1, 2: the same data order) and '
+           'counts when it exceeds t(0.975, n-1) standard errors of the mean difference (4.30 for three seeds). '
+           'Importance: clip against each other metric, one row each (the best of five on the same images would be '
+           'a biased comparator).', '',
            '| claim | comparison | difference (points) | standard error | verdict |', '|---|---|---|---|---|']
 
     def zs(level, label):
         v = _get(results, 'eval', m, method_kwargs(settings, m, level, label))
         return v[0] if v else None
 
-    same = _same_as_top(m, results)
+    same = _same_as_top(m, settings, results)
     for level in LEVELS:
         for other in (naive, packed):
             a, b = zs(level, top), zs(level, other)
@@ -530,18 +547,18 @@ def claims_lines(m, settings, results, args):
                 continue
             if a is not None and b is not None:
                 se = zero_shot_se(a, b)
-                out.append(f"| aligned beats naive, zero-shot | ToP {a:.2f} vs {other.split(' (')[0]} {b:.2f} at "
+                name = other.split(' (')[0]
+                out.append(f"| aligned beats {name}, zero-shot | ToP {a:.2f} vs {name} {b:.2f} at "
                            f"-{100 * level:.0f} % | {a - b:+.2f} | {se:.2f} | {verdict(a - b, se)} |")
     if m in args.finetune_models and not args.no_finetune:
         ft, seeds = finetune_spec(args), tuple(args.seeds)
         for level in args.finetune_levels:
             a = _get(results, 'train', m, method_kwargs(settings, m, level, top), seeds, **ft)
             b = _get(results, 'train', m, method_kwargs(settings, m, level, naive), seeds, **ft)
-            if len(a) > 1 and len(b) > 1:
-                diff = statistics.mean(a) - statistics.mean(b)
-                se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+            if len(a) == len(b) == len(seeds) > 1:
+                diff, se, crit = paired(a, b)
                 out.append(f"| aligned beats naive, fine-tuned | ToP {fmt(a)} vs naive {fmt(b)} at "
-                           f"-{100 * level:.0f} % | {diff:+.2f} | {se:.2f} | {verdict(diff, se)} |")
+                           f"-{100 * level:.0f} % | {diff:+.2f} | {se:.2f} | {verdict(diff, se, crit)} |")
     layers, rate = settings[m][LEVELS[0]][top]
     scores = {'clip': zs(LEVELS[0], top)}
     for metric in METRICS[1:]:
@@ -552,12 +569,12 @@ def claims_lines(m, settings, results, args):
         else:
             v = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
             scores[metric] = v[0] if v else None
-    if all(v is not None for v in scores.values()):
-        best = max((k for k in scores if k != 'clip'), key=scores.get)
-        diff, se = scores['clip'] - scores[best], zero_shot_se(scores['clip'], scores[best])
-        out.append(f"| clip is the best importance | clip {scores['clip']:.2f} vs the best other, {best} "
-                   f"{scores[best]:.2f} (-{100 * LEVELS[0]:.0f} %, zero-shot) | {diff:+.2f} | {se:.2f} | "
-                   f"{verdict(diff, se)} |")
+    for other, v in scores.items():
+        if other != 'clip' and v is not None and scores['clip'] is not None:
+            diff, se = scores['clip'] - v, zero_shot_se(scores['clip'], v)
+            out.append(f"| clip is the best importance | clip {scores['clip']:.2f} vs {other} {v:.2f}"
+                       + (f" (mean of {len(RANDOM_SEEDS)} seeds)" if other == 'random' else '')
+                       + f", -{100 * LEVELS[0]:.0f} %, zero-shot | {diff:+.2f} | {se:.2f} | {verdict(diff, se)} |")
     for other in (naive, packed):
         al = 'naive' if other == naive else 'packed'
         if al == 'packed' and same:
@@ -576,10 +593,13 @@ def claims_lines(m, settings, results, args):
     return out + ['']
 
 
-def _same_as_top(m, results) -> bool:
-    """Whether packed and ToP gave identical top-1 at every finished curve point (Vim: the same computation)."""
+def _same_as_top(m, settings, results) -> bool:
+    """Whether packed and ToP gave identical top-1 at every finished curve point and at both FLOPs cuts (Vim: the
+    same computation)."""
     a, p = _curve_points(m, results, 'aligned'), _curve_points(m, results, 'packed')
-    return bool(a) and [(r, t) for r, _, t in a] == [(r, t) for r, _, t in p]
+    cuts = [[_get(results, 'eval', m, method_kwargs(settings, m, lv, lab)) for lv in LEVELS]
+            for lab in ('ToP (aligned)', 'packed (ViT-style, original order)')]
+    return bool(a) and [(r, t) for r, _, t in a] == [(r, t) for r, _, t in p] and cuts[0] == cuts[1]
 
 
 def _curve_points(m, results, alignment):
@@ -621,7 +641,7 @@ def testbed_curve_lines(model_name: str, results_dir: Path = ROOT / 'benchmarks'
              f"`{cfg['base']}` with {cfg['model_kwargs']}, from scratch, seed {cfg['seed']}, {cfg['epochs']} epochs, "
              f"batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warm-up {cfg['warmup_epochs']} epochs, cosine to "
              f"{cfg['min_lr']}), weight decay {cfg['weight_decay']}, label smoothing {cfg['smoothing']}, drop path "
-             f"{cfg['drop_path']}; {hours:.1f} h of one CPU thread. Holdout: {10 * cfg['holdout_per_class']} training "
+             f"{cfg['drop_path']}; {hours:.1f} h of training (wall clock). Holdout: {10 * cfg['holdout_per_class']} training "
              'images never trained on (the only signal for judging convergence); val: the 2,000-image validation '
              'split, only reported. The shipped weights are the last epoch\'s.', '',
              f"Last {len(tail)} epochs: holdout top-1 {spread['holdout_top1'][0]:.2f}-{spread['holdout_top1'][1]:.2f}, "

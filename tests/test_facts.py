@@ -40,6 +40,7 @@ def test_every_registered_model_has_facts_and_the_registry_reads_them():
     assert {n: dict(f.pruned, **TRAINING_FREE['vim']) for n, f in FACTS.items() if n.startswith('vim') and f.pruned} \
         == {f'vim_{k}_patch16_224': v for k, v in vim.PRUNED_DEFAULTS.items()}
     for name, facts in FACTS.items():
+        assert bool(facts.shipped) == bool(facts.trained), name  # shipped weights say how they were trained
         if facts.pruned:
             m = timm.create_model(f'{name}_pruned', device='meta')
             assert m.prune_cfg.prune_layers == facts.pruned['prune_layers']

@@ -275,16 +275,21 @@ def test_model_card(name):
     elif not name.endswith('_pruned'):  # a dense card names every pruning kwarg and every value the config takes
         from timm_ssm_prune.pruning import config as pcfg
         vim = name.startswith('vim')
+        options = next(ln for ln in body.splitlines() if ln.startswith('Dense: all '))
+        kwargs = {'prune_layers', 'keep_rate', 'flops_reduction', 'importance', 'alignment', *pcfg.OPTION_DEFAULTS}
+        for kwarg in kwargs:  # every kwarg of the config, a new one included
+            assert (f'`{kwarg}`' in options) == (vim or kwarg != 'cls_position'), kwarg
         for kwarg, values in (('reduction', pcfg.REDUCTIONS), ('alignment', pcfg.ALIGNMENTS),
                               ('merge_partner', pcfg.MERGE_PARTNERS), ('importance', pcfg.IMPORTANCE_METRICS),
                               ('cls_position', pcfg.CLS_POSITIONS)):
-            listed = [v for v in values if f'`{v}`' in body]
+            part = options.split(f'`{kwarg}` (', 1)[-1].split(')', 1)[0]  # the values listed after the kwarg
+            listed = [v for v in values if f'`{v}`' in part]
             if kwarg == 'cls_position' and not vim:
-                assert f'`{kwarg}`' not in body
-            elif kwarg == 'importance' and not vim:  # the class-token score needs a class token
+                continue
+            if kwarg == 'importance' and not vim:  # the class-token score needs a class token
                 assert listed == [v for v in values if v != 'cls'], kwarg
             else:
-                assert f'`{kwarg}`' in body and listed == list(values), kwarg
+                assert listed == list(values), kwarg
     if mini:  # how the shipped weights were trained, per model
         assert f"Trained from scratch by timm-ssm-prune {FACTS[name].trained}" in body
 

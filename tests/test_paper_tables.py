@@ -95,12 +95,25 @@ def test_report_aggregates_the_jobs(pt, tmp_path, capsys):
     a, b = (results[pt.job_key(dict(kind='eval', model='vim_mini', kwargs=kw))]['top1'] for kw in (top, naive))
     se = pt.zero_shot_se(a, b)
     assert f"| ToP {a:.2f} vs naive {b:.2f} at -30 % | {a - b:+.2f} | {se:.2f} | {pt.verdict(a - b, se)} |" in text
-    ra, rb = ([results[pt.job_key(j)]['top1'] for j in jobs if j['kind'] == 'train' and j['kwargs'] == kw]
-              for kw in (top, naive))
-    se = (statistics.variance(ra) / 3 + statistics.variance(rb) / 3) ** 0.5
-    diff = statistics.mean(ra) - statistics.mean(rb)
-    assert f"| {diff:+.2f} | {se:.2f} | {pt.verdict(diff, se)} |" in text
-    assert text.count("| ToP's curve dominates |") >= 1
+    runs = {}  # seed -> top-1, per method
+    for j in jobs:
+        if j['kind'] == 'train':
+            runs.setdefault(json.dumps(j['kwargs'], sort_keys=True), {})[j['seed']] = results[pt.job_key(j)]['top1']
+    ra, rb = ([runs[json.dumps(kw, sort_keys=True)][sd] for sd in (0, 1, 2)] for kw in (top, naive))
+    d = [x - y for x, y in zip(ra, rb)]  # paired by seed; t(0.975, 2) = 4.303
+    se = statistics.stdev(d) / 3 ** 0.5
+    row = f"| {statistics.mean(d):+.2f} | {se:.2f} | {pt.verdict(statistics.mean(d), se, 4.303)} |"
+    assert f"| aligned beats naive, fine-tuned | ToP {cell(ra)} vs naive {cell(rb)} at -30 % {row}" in text
+    # the curve: Vim's FLOPs do not depend on the alignment, so each naive / packed point meets ToP's own point
+    layers = list(pt.stages_for('vim_mini'))
+    for al in ('naive', 'packed'):
+        for rate in (0.5, 0.6, 0.7, 0.8, 0.9):
+            t, o = (results[pt.job_key(dict(kind='eval', model='vim_mini', kwargs=dict(
+                prune_layers=layers, keep_rate=rate, alignment=x)))]['top1'] for x in ('aligned', al))
+            assert f"{t:.2f} vs {al} keep {rate} {o:.2f} | {t - o:+.2f} | {pt.zero_shot_se(t, o):.2f} |" in text
+    assert text.count("| ToP's curve dominates |") == 10
+    # importance: clip against each of the five others, one row each
+    assert text.count("| clip is the best importance |") == 5
     # the made-up dense top-1 is not the 77.95 of models/facts.py: the report says so
     assert f"WARNING: vim_mini: the validate job gives {dense:.2f} % but models/facts.py" in capsys.readouterr().err
 
@@ -111,6 +124,9 @@ def test_claim_rules(pt):
     assert abs(pt.zero_shot_se(90.0, 50.0) - 100 * (0.09 / 2000 + 0.25 / 2000) ** 0.5) < 1e-9
     assert pt.verdict(2.1, 1.0) == 'holds' and pt.verdict(-2.1, 1.0) == 'reversed'
     assert pt.verdict(1.9, 1.0) == pt.verdict(-1.9, 1.0) == 'within noise'
+    assert pt.verdict(4.0, 1.0, crit=pt.t975(2)) == 'within noise' and pt.t975(2) == 4.303
+    diff, se, crit = pt.paired([80.0, 82.0, 81.0], [78.0, 79.0, 80.0])  # differences 2, 3, 1
+    assert (diff, se, crit) == (2.0, 1.0 / 3 ** 0.5, 4.303)
     pts = [(0.5, 2.0, 60.0), (0.6, 3.0, 70.0), (0.7, 4.0, 90.0)]
     assert pt._interpolate(pts, 3.5) == 80.0 and pt._interpolate(pts, 2.0) == 60.0
     assert pt._interpolate(pts, 1.9) is None and pt._interpolate(pts, 4.1) is None

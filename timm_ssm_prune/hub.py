@@ -375,9 +375,10 @@ def _dense_options_text(family: str) -> str:
 
     metrics = IMPORTANCE_METRICS if family == 'vim' else tuple(m for m in IMPORTANCE_METRICS if m != 'cls')
     text = ("Pruning is configured with model kwargs: `prune_layers` (block counts after which to prune) with "
-            "`keep_rate` (one rate, or one per stage) or `flops_reduction=0.4` (a keep rate solved for that FLOPs "
-            f"cut); `reduction` ({one_of(REDUCTIONS)}), `importance` ({one_of(metrics)}), `alignment` "
-            f"({one_of(ALIGNMENTS)}), `merge_partner` ({one_of(MERGE_PARTNERS)})")
+            "`keep_rate` (one rate, or one per stage) or `flops_reduction` (e.g. 0.4: a keep rate solved for a -40 % "
+            f"FLOPs cut); `reduction` ({one_of(REDUCTIONS)}), `importance` ({one_of(metrics)}), `alignment` "
+            f"({one_of(ALIGNMENTS)}), `merge_partner` ({one_of(MERGE_PARTNERS)}), `merge_fraction` (`hybrid`: the "
+            "share of the other tokens merged, the rest dropped), `importance_seed` (`random`: a seed)")
     if family == 'vim':
         text += f", `cls_position` ({one_of(CLS_POSITIONS)})"
     default = ', '.join(f"{k}={v!r}" for k, v in TRAINING_FREE[family].items())
@@ -531,6 +532,9 @@ def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None,
         out.append("| model | ImageNet-1k top-1 (%) | source |\n|---|---|---|\n" + '\n'.join(rows) + "\n")
     if mini and known_weights:
         acc = MINI_TOP1.get(base)
+        if not FACTS[base].trained:
+            raise ValueError(f"models/facts.py: {base} ships weights but does not say how they were trained "
+                             f"(ModelFacts.trained)")
         out.append(f"Trained from scratch by timm-ssm-prune {FACTS[base].trained}"
                    + (f": top-1 **{acc} %** on the 2,000-image validation split (dense)" if acc else '')
                    + ". Pruned accuracies, zero-shot and fine-tuned, are in the repository's "

@@ -523,14 +523,15 @@ def paired(a, b):
 
 
 def claims_lines(m, settings, results, args):
-    """The paper's three claims checked on model ``m``'s rows, with the noise of each comparison (the rule is
-    ``verdict``: a difference counts when it is more than twice its standard error)."""
+    """The paper's three claims checked on model ``m``'s rows, with the noise of each comparison (``verdict``: a
+    difference counts beyond 2 standard errors zero-shot, beyond t(0.975, n-1) paired ones fine-tuned)."""
     top, naive, packed = 'ToP (aligned)', 'naive (ViT-style, score order)', 'packed (ViT-style, original order)'
     out = ['', '### The paper\'s claims on this model', '',
            'A zero-shot difference counts when it exceeds twice its standard error, the binomial error of '
            f'{VAL_IMAGES} validation images (unpaired, so conservative: the methods see the same images). A '
-           'fine-tuned difference is paired by seed (both methods run with seeds 0, 1, 2: the same data order) and '
-           'counts when it exceeds t(0.975, n-1) standard errors of the mean difference (4.30 for three seeds). '
+           f'fine-tuned difference is paired by seed (both methods run with seeds {list(args.seeds)}: the same data '
+           'order) and counts when it exceeds t(0.975, n-1) standard errors of the mean difference (4.30 for three '
+           'seeds). '
            'Importance: clip against each other metric, one row each (the best of five on the same images would be '
            'a biased comparator).', '',
            '| claim | comparison | difference (points) | standard error | verdict |', '|---|---|---|---|---|']
@@ -588,8 +589,8 @@ def claims_lines(m, settings, results, args):
             out.append(f"| ToP's curve dominates | ToP at {1e3 * g:.2f} MFLOPs (interpolated) {ref:.2f} vs {al} "
                        f"keep {rate_o} {acc:.2f} | {ref - acc:+.2f} | {se:.2f} | {verdict(ref - acc, se)} |")
     if same:
-        out += ['', 'Packed (ViT-style packing in the original order) gives ToP\'s numbers exactly on this model (every '
-                'curve point and both FLOPs cuts): with one 1-D scan order, keeping the order is the alignment.']
+        out += ['', 'Packed (ViT-style packing in the original order) gives ToP\'s numbers exactly on this model '
+                '(every curve point and both FLOPs cuts): with one 1-D scan order, keeping the order is the alignment.']
     return out + ['']
 
 
@@ -641,9 +642,10 @@ def testbed_curve_lines(model_name: str, results_dir: Path = ROOT / 'benchmarks'
              f"`{cfg['base']}` with {cfg['model_kwargs']}, from scratch, seed {cfg['seed']}, {cfg['epochs']} epochs, "
              f"batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warm-up {cfg['warmup_epochs']} epochs, cosine to "
              f"{cfg['min_lr']}), weight decay {cfg['weight_decay']}, label smoothing {cfg['smoothing']}, drop path "
-             f"{cfg['drop_path']}; {hours:.1f} h of training (wall clock). Holdout: {10 * cfg['holdout_per_class']} training "
-             'images never trained on (the only signal for judging convergence); val: the 2,000-image validation '
-             'split, only reported. The shipped weights are the last epoch\'s.', '',
+             f"{cfg['drop_path']}; {hours:.1f} h of training (wall clock). Holdout: "
+             f"{10 * cfg['holdout_per_class']} training images never trained on (the only signal for judging "
+             'convergence); val: the 2,000-image validation split, only reported. The shipped weights are the '
+             'last epoch\'s.', '',
              f"Last {len(tail)} epochs: holdout top-1 {spread['holdout_top1'][0]:.2f}-{spread['holdout_top1'][1]:.2f}, "
              f"val top-1 {spread['val_top1'][0]:.2f}-{spread['val_top1'][1]:.2f}; final val top-1 "
              f"{curve[-1]['val_top1']:.2f}.", '',

@@ -1,4 +1,5 @@
-"""benchmarks/leaderboard.py: on a testbed, the selection set is its holdout, normalised as the training evaluated it."""
+"""benchmarks/leaderboard.py: on a testbed, the selection set is its holdout, normalised as its training evaluated
+it."""
 import importlib.util
 import json
 import sys

@@ -382,8 +382,8 @@ def _dense_options_text(family: str) -> str:
     if family == 'vim':
         text += f", `cls_position` ({one_of(CLS_POSITIONS)})"
     default = ', '.join(f"{k}={v!r}" for k, v in TRAINING_FREE[family].items())
-    return (text + f". The paper's method (ToP) is the default of each kwarg; the package's training-free default "
-            f"for this family, used by the `*_pruned` names, adds `{default}`.")
+    return (text + f". The paper's method (ToP) is the default of each kwarg; the `*_pruned` names of this family "
+            f"add `{default}`.")
 
 
 def render_model_card(model: nn.Module, config: Optional[Dict[str, Any]] = None, *,

@@ -23,12 +23,18 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
 ANIMAL_MNIST_MEAN, ANIMAL_MNIST_STD = (0.2731,), (0.4058,)
 
 
+TESTBED_NOTES = ('trained by timm-ssm-prune from scratch on 7,600 images of the Animal-MNIST (MIT) 8,000-image train '
+                 'split (400 held out), benchmarks/train_testbed.py; see benchmarks/RESULTS.md')
+
+
 def animal_mnist_cfg(arch: str, **kwargs) -> dict:
     """Pretrained cfg of a model trained here on Animal-MNIST (weights file inside the package)."""
-    return dict(file=str(WEIGHTS_DIR / f'{arch}.animal_mnist.safetensors'), num_classes=10, input_size=(1, 28, 28),
-                crop_pct=1.0, interpolation='bilinear', mean=ANIMAL_MNIST_MEAN, std=ANIMAL_MNIST_STD,
-                license='apache-2.0', notes='trained by timm-ssm-prune on Animal-MNIST (MIT) '
-                '8,000-image train split; see benchmarks/RESULTS.md', **kwargs)
+    cfg = dict(file=str(WEIGHTS_DIR / f'{arch}.animal_mnist.safetensors'), num_classes=10, input_size=(1, 28, 28),
+               crop_pct=1.0, interpolation='bilinear', mean=ANIMAL_MNIST_MEAN, std=ANIMAL_MNIST_STD,
+               license='apache-2.0', notes='trained by timm-ssm-prune on Animal-MNIST (MIT) '
+               '8,000-image train split; see benchmarks/RESULTS.md')
+    cfg.update(kwargs)
+    return cfg
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

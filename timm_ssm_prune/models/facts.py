@@ -20,6 +20,11 @@ MINI_SOURCE = 'measured here: Animal-MNIST validation split (2,000 images), benc
 MINI_TRAINED = 'on the 8,000-image Animal-MNIST train split for 6 epochs (`benchmarks/train_animal_mnist.sh`)'
 
 
+def testbed_trained(name: str, epochs: int) -> str:
+    return (f'to convergence on 7,600 images of the 8,000-image Animal-MNIST train split (400 held out) for {epochs} '
+            f'epochs (`python benchmarks/train_testbed.py {name}`; the curve is in benchmarks/RESULTS.md)')
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     display: str                                   # the model's name in prose
@@ -74,6 +79,8 @@ FACTS: Dict[str, ModelFacts] = {
         'Vim-S+ (stride-8 fine-tune)', 81.6, VIM_SOURCE,
         ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth')),
     'vim_mini': ModelFacts('Vim-mini', 77.95, MINI_SOURCE, shipped=True, trained=MINI_TRAINED),
+    'vim_d12_mini': ModelFacts('Vim-d12-mini (testbed)', 96.8, MINI_SOURCE, shipped=True,
+                               trained=testbed_trained('vim_d12_mini', 30)),
 }
 
 # ToP's published results (arXiv:2409.18962), after the paper's 30-epoch fine-tune of the pruned model.

@@ -34,7 +34,7 @@ from ..ops import causal_conv1d, decay_selective_scan, selective_scan
 from ..ops.triton_scan import gathered_scan_applies, selective_scan_gathered
 from ..pruning import ScanSignal, TokenLayout, add_token_work, gather_tokens, skipped_before
 from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, check_checkpoint_compatible,
-                    check_image_input, imagenet_cfg, init_ssm_params, resample_grid_embed)
+                    check_image_input, imagenet_cfg, init_ssm_params, resample_grid_embed, TESTBED_NOTES)
 from ._loading import unwrap_checkpoint
 from .facts import FACTS, pruned_defaults
 
@@ -594,6 +594,8 @@ default_cfgs = generate_default_cfgs({
     **{k: v for name in _UPSTREAM for k, v in _hub_cfgs(name, name).items()},
     **{k: v for name in _UPSTREAM[:3] for k, v in _hub_cfgs(f'{name}_pruned', name, pruned=True).items()},
     'vim_mini.animal_mnist': imagenet_cfg(_FAMILY_CFG, **animal_mnist_cfg('vim_mini'), fixed_input_size=False),
+    'vim_d12_mini.animal_mnist': imagenet_cfg(_FAMILY_CFG, **animal_mnist_cfg('vim_d12_mini', notes=TESTBED_NOTES),
+                                              fixed_input_size=False),
 })
 
 _ARCHS = {
@@ -602,6 +604,8 @@ _ARCHS = {
     'base': dict(embed_dim=768, depth=24),
     # the project's small model for Animal-MNIST: 28x28 grey input, a 14x14 token grid (patch 2), as at 224/16
     'mini': dict(embed_dim=32, depth=6, d_state=16, patch_size=2, img_size=28),
+    # the testbed (benchmarks/train_testbed.py): the mini at 12 blocks, trained from scratch to convergence
+    'd12_mini': dict(embed_dim=32, depth=12, d_state=16, patch_size=2, img_size=28),
 }
 # The paper's schedules (models/facts.py): Vim-T after blocks 10, 20; Vim-S / Vim-B after 5, 10, 15; keep 0.8.
 PRUNED_DEFAULTS = pruned_defaults('vim_')
@@ -643,6 +647,13 @@ def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs) -> Vim:
 def vim_mini(pretrained: bool = False, **kwargs) -> Vim:
     """An 89K-parameter Vim for 28x28 grey images (14x14 tokens + class token), trained here on Animal-MNIST."""
     return _family.dense('mini', 'vim_mini', pretrained, kwargs)
+
+
+@register_model
+def vim_d12_mini(pretrained: bool = False, **kwargs) -> Vim:
+    """The Vim testbed: vim_mini at 12 blocks (172K parameters), trained here from scratch to convergence on
+    Animal-MNIST (benchmarks/train_testbed.py); the paper's tables run on it (benchmarks/RESULTS.md)."""
+    return _family.dense('d12_mini', 'vim_d12_mini', pretrained, kwargs)
 
 
 @register_model

@@ -22,7 +22,7 @@ MINI_TRAINED = 'on the 8,000-image Animal-MNIST train split for 6 epochs (`bench
 
 def testbed_trained(name: str, epochs: int) -> str:
     return (f'to convergence on 7,600 images of the 8,000-image Animal-MNIST train split (400 held out) for {epochs} '
-            f'epochs (`python benchmarks/train_testbed.py {name}`; the curve is in benchmarks/RESULTS.md)')
+            f'epochs (`python benchmarks/train_testbed.py {name}`; curve: benchmarks/results/{name}_curve.json)')
 
 
 @dataclass(frozen=True)

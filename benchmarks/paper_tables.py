@@ -426,17 +426,10 @@ def write_results(args, settings, results, tput):
                     cells = [fmt(_after_epoch(results, m, kw, seeds, ft, e)) for e in range(n_ft)]
                     lines.append(f"| {_method_name(m, lab)} | {100 * r:.0f} % | "
                                  f"{fmt(_get(results, 'eval', m, kw))} | " + ' | '.join(cells) + ' |')
-        layers, rate = settings[m][LEVELS[0]]['ToP (aligned)']
+        rate = settings[m][LEVELS[0]]['ToP (aligned)'][1]
         lines += ['', f'### Table 4 analog: importance metric (aligned, zero-shot, -{100 * LEVELS[0]:.0f} % FLOPs, '
                   f'keep {rate})', '', '| metric | top-1 |', '|---|---|']
-        for metric in METRICS:  # 'clip' is the ToP row of Table 1
-            if metric == 'clip':
-                vals = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, alignment='aligned'))
-            elif metric == 'random':
-                vals = [v for s in RANDOM_SEEDS for v in _get(results, 'eval', m, dict(
-                    prune_layers=layers, keep_rate=rate, importance=metric, importance_seed=s))]
-            else:
-                vals = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
+        for metric, vals in importance_top1(m, settings, results).items():
             lines.append(f"| {metric} | {fmt(vals)} |")
         tp = tput.get(m)
         lines += ['', '### Table 5 analog: with vs without alignment', '',
@@ -522,6 +515,19 @@ def paired(a, b):
     return statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5, t975(len(d) - 1)
 
 
+def importance_top1(m, settings, results):
+    """Table 4's finished top-1s per metric, at ToP's stages and keep rate for the first FLOPs cut: 'clip' is the
+    ToP row of Table 1, 'random' one value per seed."""
+    layers, rate = settings[m][LEVELS[0]]['ToP (aligned)']
+    out = {'clip': _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, alignment='aligned'))}
+    for metric in METRICS[1:]:
+        seeds = RANDOM_SEEDS if metric == 'random' else (None,)
+        out[metric] = [v for sd in seeds for v in _get(results, 'eval', m, dict(
+            prune_layers=layers, keep_rate=rate, importance=metric,
+            **({} if sd is None else dict(importance_seed=sd))))]
+    return out
+
+
 def claims_lines(m, settings, results, args):
     """The paper's three claims checked on model ``m``'s rows, with the noise of each comparison (``verdict``: a
     difference counts beyond 2 standard errors zero-shot, beyond t(0.975, n-1) paired ones fine-tuned)."""
@@ -560,16 +566,7 @@ def claims_lines(m, settings, results, args):
                 diff, se, crit = paired(a, b)
                 out.append(f"| aligned beats naive, fine-tuned | ToP {fmt(a)} vs naive {fmt(b)} at "
                            f"-{100 * level:.0f} % | {diff:+.2f} | {se:.2f} | {verdict(diff, se, crit)} |")
-    layers, rate = settings[m][LEVELS[0]][top]
-    scores = {'clip': zs(LEVELS[0], top)}
-    for metric in METRICS[1:]:
-        if metric == 'random':
-            vals = [v for sd in RANDOM_SEEDS for v in _get(results, 'eval', m, dict(
-                prune_layers=layers, keep_rate=rate, importance=metric, importance_seed=sd))]
-            scores[metric] = statistics.mean(vals) if vals else None
-        else:
-            v = _get(results, 'eval', m, dict(prune_layers=layers, keep_rate=rate, importance=metric))
-            scores[metric] = v[0] if v else None
+    scores = {k: statistics.mean(v) if v else None for k, v in importance_top1(m, settings, results).items()}
     for other, v in scores.items():
         if other != 'clip' and v is not None and scores['clip'] is not None:
             diff, se = scores['clip'] - v, zero_shot_se(scores['clip'], v)

@@ -63,6 +63,8 @@ FACTS: Dict[str, ModelFacts] = {
     'plainmamba_l3': ModelFacts('PlainMamba-L3', 82.3, PM_SOURCE, ('ChenhongyiYang/PlainMamba', 'l3.pth'),
                                 pruned=dict(prune_layers=(9, 18, 27), keep_rate=0.576)),
     'plainmamba_mini': ModelFacts('PlainMamba-mini', 87.75, MINI_SOURCE, shipped=True, trained=MINI_TRAINED),
+    'plainmamba_d12_mini': ModelFacts('PlainMamba-d12-mini (testbed)', 97.1, MINI_SOURCE, shipped=True,
+                                      trained=testbed_trained('plainmamba_d12_mini', 20)),
     'vim_tiny_patch16_224': ModelFacts(
         'Vim-Ti', 76.1, VIM_SOURCE, ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
         pruned=dict(prune_layers=(10, 20), keep_rate=0.8)),

@@ -38,7 +38,7 @@ from ..ops import decay_selective_scan, selective_scan
 from ..ops.triton_scan import gathered_scan_applies, selective_scan_gathered
 from ..pruning import ScanSignal, TokenLayout, condensed_grid, restrict_scan_order
 from ._base import (ModelFamily, StagedModelMixin, acc_dtype, animal_mnist_cfg, ceil_div, check_checkpoint_compatible,
-                    check_image_input, conv_out, imagenet_cfg, init_ssm_params, resample_grid_embed)
+                    check_image_input, conv_out, imagenet_cfg, init_ssm_params, resample_grid_embed, TESTBED_NOTES)
 from ._loading import unwrap_checkpoint
 from .facts import FACTS, pruned_defaults
 
@@ -509,6 +509,7 @@ def _upstream_cfgs(v: str) -> dict:
 default_cfgs = generate_default_cfgs({
     **_upstream_cfgs('l1'), **_upstream_cfgs('l2'), **_upstream_cfgs('l3'),
     'plainmamba_mini.animal_mnist': _cfg(**animal_mnist_cfg('plainmamba_mini')),
+    'plainmamba_d12_mini.animal_mnist': _cfg(**animal_mnist_cfg('plainmamba_d12_mini', notes=TESTBED_NOTES)),
 })
 
 # Architecture of each variant (official arch_zoo).
@@ -519,6 +520,9 @@ _ARCHS = {
     # the project's small model for Animal-MNIST: 28x28 grey input, a 14x14 token grid (stride 2), as at 224/16
     'mini': dict(embed_dim=32, depth=6, d_state=16, num_convs_patch_embed=1, stem_dim=32, patch_size=2,
                  img_size=28, layers_with_dwconv=()),
+    # the testbed (benchmarks/train_testbed.py): the mini at 12 blocks, trained from scratch to convergence
+    'd12_mini': dict(embed_dim=32, depth=12, d_state=16, num_convs_patch_embed=1, stem_dim=32, patch_size=2,
+                     img_size=28, layers_with_dwconv=()),
 }
 # Default schedules of the *_pruned variants (models/facts.py; tests/test_pruning.py checks their FLOPs cut).
 PRUNED_DEFAULTS = pruned_defaults('plainmamba_')
@@ -548,6 +552,13 @@ def plainmamba_l3(pretrained: bool = False, **kwargs) -> PlainMamba:
 def plainmamba_mini(pretrained: bool = False, **kwargs) -> PlainMamba:
     """A 97K-parameter PlainMamba for 28x28 grey images (14x14 tokens), trained here on Animal-MNIST."""
     return _family.dense('mini', 'plainmamba_mini', pretrained, kwargs)
+
+
+@register_model
+def plainmamba_d12_mini(pretrained: bool = False, **kwargs) -> PlainMamba:
+    """The PlainMamba testbed: plainmamba_mini at 12 blocks (176K parameters), trained here from scratch to
+    convergence on Animal-MNIST (benchmarks/train_testbed.py); the paper's tables run on it (benchmarks/RESULTS.md)."""
+    return _family.dense('d12_mini', 'plainmamba_d12_mini', pretrained, kwargs)
 
 
 @register_model

@@ -520,10 +520,9 @@ _ARCHS = {
     # the project's small model for Animal-MNIST: 28x28 grey input, a 14x14 token grid (stride 2), as at 224/16
     'mini': dict(embed_dim=32, depth=6, d_state=16, num_convs_patch_embed=1, stem_dim=32, patch_size=2,
                  img_size=28, layers_with_dwconv=()),
-    # the testbed (benchmarks/train_testbed.py): the mini at 12 blocks, trained from scratch to convergence
-    'd12_mini': dict(embed_dim=32, depth=12, d_state=16, num_convs_patch_embed=1, stem_dim=32, patch_size=2,
-                     img_size=28, layers_with_dwconv=()),
 }
+# the testbed (benchmarks/train_testbed.py): the mini at 12 blocks, trained from scratch to convergence
+_ARCHS['d12_mini'] = dict(_ARCHS['mini'], depth=12)
 # Default schedules of the *_pruned variants (models/facts.py; tests/test_pruning.py checks their FLOPs cut).
 PRUNED_DEFAULTS = pruned_defaults('plainmamba_')
 

@@ -34,7 +34,8 @@ Resumable across sessions: every finished job's result (the per-epoch history of
 JSON under ``--work`` (default benchmarks/results/paper_tables/, tracked by git), and a fine-tune in flight keeps
 its run folder there (``runs/<job>/last.pth.tar``, written after every epoch) and continues with ``train --resume``
 (which rebuilds the same dense teacher). To stop: kill the process (the jobs in flight lose at most the epoch they
-were in), then ``git add benchmarks/results/paper_tables && git commit``. The same command resumes. Throughput
+were in), then ``git add benchmarks/results/paper_tables && git commit``. The same command resumes; with
+``--cached-only`` it runs nothing and writes an interim report from the finished jobs. Throughput
 (Table 5) is measured once, one thread, the compared models in turn, and cached in the work folder
 (``--remeasure-throughput`` to measure again, on an idle machine).
 """
@@ -302,6 +303,10 @@ def main(argv=None):
                    help='cap the steps of each fine-tuning epoch (smoke runs only; part of the job description)')
     ap.add_argument('--work', default=str(ROOT / 'benchmarks' / 'results' / 'paper_tables'))
     ap.add_argument('--remeasure-throughput', action='store_true')
+    ap.add_argument('--cached-only', action='store_true',
+                    help='run nothing: write the report from the jobs already finished in --work (an interim '
+                         'report while fine-tunes span sessions; their cells say how many seeds are in, the '
+                         'missing ones read "pending", and no fine-tuned claim is called before all seeds are in)')
     ap.add_argument('--results', default=str(ROOT / 'benchmarks' / 'RESULTS.md'))
     ap.add_argument('--plot', default=str(ROOT / 'benchmarks' / 'plots' / 'acc_vs_flops.png'))
     args = ap.parse_args(argv)
@@ -327,6 +332,14 @@ def main(argv=None):
           flush=True)
     results = {}
     t0 = time.time()
+    if args.cached_only:
+        for j in jobs:
+            f = work / 'jobs' / f'{job_key(j)}.json'
+            if f.is_file():
+                results[job_key(j)] = json.loads(f.read_text())
+        print(f"--cached-only: {len(results)} of {len(jobs)} jobs finished; the rest are reported as pending",
+              flush=True)
+        jobs = []
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futs = {pool.submit(run_job, j, work): j for j in sorted(jobs, key=lambda j: j['kind'] != 'train')}
         for i, fut in enumerate(cf.as_completed(futs)):
@@ -368,6 +381,16 @@ def _method_name(m, lab):
     return 'package default (training-free): ' + (', '.join(f"{k}={v}" for k, v in BEST[m].items()) or 'ToP')
 
 
+def fmt_seeds(vals, n_seeds):
+    """A fine-tuned cell: ``fmt`` once all seeds are in; an interim report (``--cached-only``) says how many are."""
+    if not vals:
+        return 'pending'
+    if len(vals) >= n_seeds:
+        return fmt(vals)
+    spread = f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ''
+    return f"{statistics.mean(vals):.2f}{spread} ({len(vals)} of {n_seeds} seeds)"
+
+
 def write_results(args, settings, results, tput):
     ft = finetune_spec(args)
     seeds = tuple(args.seeds)
@@ -389,6 +412,10 @@ def write_results(args, settings, results, tput):
              f'`importance=\'random\'`: seeds {list(RANDOM_SEEDS)} (`importance_seed`), mean ± standard deviation. '
              '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set from '
              'the training split of the minis. "not run": no fine-tune of that row in this run.', '']
+    if getattr(args, 'cached_only', False):
+        lines += ['**Interim report** (`--cached-only`): written from the jobs finished so far while the fine-tunes '
+                  'run across sessions; a fine-tuned cell says how many of its seeds are in ("pending": none), and '
+                  'no fine-tuned claim is called before all seeds are in. The zero-shot tables are complete.', '']
     for m in args.models:
         lines += testbed_curve_lines(m)
     for m in args.models:
@@ -409,8 +436,8 @@ def write_results(args, settings, results, tput):
                 kw = method_kwargs(settings, m, r, lab)
                 g = flops_of(m, kw)
                 if lab in FINETUNED and tuned and r in args.finetune_levels:
-                    one, final = (fmt(_after_epoch(results, m, kw, seeds, ft, 0)),
-                                  fmt(_get(results, 'train', m, kw, seeds, **ft)))
+                    one, final = (fmt_seeds(_after_epoch(results, m, kw, seeds, ft, 0), len(seeds)),
+                                  fmt_seeds(_get(results, 'train', m, kw, seeds, **ft), len(seeds)))
                 else:
                     one = final = '–' if lab not in FINETUNED else 'not run'
                 lines.append(f"| {_method_name(m, lab)} | {100 * (1 - g / dense_g):.1f} % | {g:.4f} | "
@@ -423,7 +450,7 @@ def write_results(args, settings, results, tput):
             for r in args.finetune_levels:
                 for lab in FINETUNED:
                     kw = method_kwargs(settings, m, r, lab)
-                    cells = [fmt(_after_epoch(results, m, kw, seeds, ft, e)) for e in range(n_ft)]
+                    cells = [fmt_seeds(_after_epoch(results, m, kw, seeds, ft, e), len(seeds)) for e in range(n_ft)]
                     lines.append(f"| {_method_name(m, lab)} | {100 * r:.0f} % | "
                                  f"{fmt(_get(results, 'eval', m, kw))} | " + ' | '.join(cells) + ' |')
         rate = settings[m][LEVELS[0]]['ToP (aligned)'][1]
@@ -438,7 +465,7 @@ def write_results(args, settings, results, tput):
         for r in LEVELS:
             for lab in ('naive (ViT-style, score order)', 'ToP (aligned)'):
                 kw = method_kwargs(settings, m, r, lab)
-                final = fmt(_get(results, 'train', m, kw, seeds, **ft)) \
+                final = fmt_seeds(_get(results, 'train', m, kw, seeds, **ft), len(seeds)) \
                     if tuned and r in args.finetune_levels else 'not run'
                 speed = f"{tp[f'{lab}@{r}']:.0f} | {tp[f'{lab}@{r}'] / tp['dense']:.2f}x" if tp else 'not run | –'
                 lines.append(f"| {100 * r:.0f} % | {'without (naive)' if 'naive' in lab else 'with (ToP)'} | "

@@ -130,3 +130,33 @@ def test_claim_rules(pt):
     pts = [(0.5, 2.0, 60.0), (0.6, 3.0, 70.0), (0.7, 4.0, 90.0)]
     assert pt._interpolate(pts, 3.5) == 80.0 and pt._interpolate(pts, 2.0) == 60.0
     assert pt._interpolate(pts, 1.9) is None and pt._interpolate(pts, 4.1) is None
+
+
+def test_interim_fine_tune_cells_say_how_many_seeds_are_in(pt):
+    assert pt.fmt_seeds([], 3) == 'pending'
+    assert pt.fmt_seeds([63.05], 3) == '63.05 (1 of 3 seeds)'
+    assert pt.fmt_seeds([63.05, 63.35], 3) == '63.20 ± 0.21 (2 of 3 seeds)'  # sample std of the two: 0.2121
+    assert pt.fmt_seeds([1.0, 2.0, 3.0], 3) == '2.00 ± 1.00 (n=3)'  # complete: the usual cell
+
+
+def test_interim_report_marks_partial_fine_tunes_and_calls_no_fine_tuned_claim(pt, tmp_path):
+    import argparse
+    args = argparse.Namespace(models=['vim_mini'], finetune_models=['vim_mini'], no_finetune=False,
+                              finetune_levels=[0.3], seeds=[0, 1, 2], finetune_epochs=2, finetune_lr=2e-4,
+                              distill_weight=0.5, finetune_steps=None, work=str(tmp_path), cached_only=True,
+                              results=str(tmp_path / 'RESULTS.md'), plot=str(tmp_path / 'plots' / 'p.png'))
+    settings, jobs = pt.plan(args.models, args)
+    results = {}
+    for j in jobs:  # every zero-shot job, the fine-tunes of seeds 0 and 1 only
+        if j['kind'] == 'eval':
+            results[pt.job_key(j)] = dict(top1=50.0)
+        elif j['seed'] < 2:
+            results[pt.job_key(j)] = dict(top1=60.0 + j['seed'], history=[dict(val_top1=55.0), dict(val_top1=60.0)])
+    pt.write_results(args, settings, results, tput={})
+    text = (tmp_path / 'RESULTS.md').read_text()
+    assert '**Interim report**' in text
+    # final top-1 (60, 61): Table 1 (every fine-tuned method) and Table 5 (naive and ToP); the recovery table's last
+    # epoch reads each run's history (60 for both seeds)
+    assert text.count('| 60.50 ± 0.71 (2 of 3 seeds) |') == len(pt.FINETUNED) + 2
+    assert text.count('| 55.00 ± 0.00 (2 of 3 seeds) | 60.00 ± 0.00 (2 of 3 seeds) |') == len(pt.FINETUNED)
+    assert 'aligned beats naive, fine-tuned' not in text

@@ -213,10 +213,11 @@ def plan(models, args):
     labels = list(METHODS) + [DEFAULT_LABEL]
     settings = {m: {r: {lab: prune_setting(m, r, **method_options(m, lab))
                         for lab in labels} for r in LEVELS} for m in models}
-    jobs = []
+    jobs = {}  # by key: a setting two tables share (e.g. ToP's keep rate on the curve) is one job, run once
 
     def add(kind, model, kw, **extra):
-        jobs.append(dict(kind=kind, model=model, kwargs=kw, **{k: v for k, v in extra.items() if v is not None}))
+        job = dict(kind=kind, model=model, kwargs=kw, **{k: v for k, v in extra.items() if v is not None})
+        jobs.setdefault(job_key(job), job)
 
     for m in models:
         add('eval', m, {})
@@ -242,7 +243,7 @@ def plan(models, args):
             for r in args.finetune_levels:
                 for lab in FINETUNED:
                     add('train', m, method_kwargs(settings, m, r, lab), seed=s, **finetune_spec(args))
-    return settings, jobs
+    return settings, list(jobs.values())
 
 
 def measure_throughput(models, settings, batch=64, repeats=7):

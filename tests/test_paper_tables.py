@@ -160,3 +160,18 @@ def test_interim_report_marks_partial_fine_tunes_and_calls_no_fine_tuned_claim(p
     assert text.count('| 60.50 ± 0.71 (2 of 3 seeds) |') == len(pt.FINETUNED) + 2
     assert text.count('| 55.00 ± 0.00 (2 of 3 seeds) | 60.00 ± 0.00 (2 of 3 seeds) |') == len(pt.FINETUNED)
     assert 'aligned beats naive, fine-tuned' not in text
+
+
+def test_plan_runs_a_setting_two_tables_share_once(pt):
+    """vim_d12_mini's ToP keep rate at -30 % is 0.8, a point of the curve too: the two tables read one job (two
+    threads running it at once would race on its result file)."""
+    import argparse
+    args = argparse.Namespace(no_finetune=True, finetune_models=[])
+    settings, jobs = pt.plan(['vim_d12_mini'], args)
+    keys = [pt.job_key(j) for j in jobs]
+    assert len(set(keys)) == len(keys)
+    top = pt.method_kwargs(settings, 'vim_d12_mini', 0.3, 'ToP (aligned)')
+    assert top == dict(prune_layers=[2, 5, 8], keep_rate=0.8, alignment='aligned')
+    curve = dict(prune_layers=list(pt.stages_for('vim_d12_mini')), keep_rate=0.8, alignment='aligned')
+    assert pt.job_key(dict(kind='eval', model='vim_d12_mini', kwargs=curve)) in keys
+    assert sum(j['kwargs'] == top for j in jobs) == 1

@@ -412,7 +412,8 @@ def write_results(args, settings, results, tput):
              'validation top-1 after their first epoch. '
              f'`importance=\'random\'`: seeds {list(RANDOM_SEEDS)} (`importance_seed`), mean ± standard deviation. '
              '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set from '
-             'the training split of the minis. "not run": no fine-tune of that row in this run.', '']
+             'the training split of the minis (the testbeds\' leaderboards below rank it again on their holdouts). '
+             '"not run": no fine-tune of that row in this run.', '']
     if getattr(args, 'cached_only', False):
         lines += ['**Interim report** (`--cached-only`): written from the jobs finished so far while the fine-tunes '
                   'run across sessions; a fine-tuned cell says how many of its seeds are in ("pending": none), and '

@@ -36,8 +36,8 @@ its run folder there (``runs/<job>/last.pth.tar``, written after every epoch) an
 (which rebuilds the same dense teacher). To stop: kill the process (the jobs in flight lose at most the epoch they
 were in), then ``git add benchmarks/results/paper_tables && git commit``. The same command resumes; with
 ``--cached-only`` it runs nothing and writes an interim report from the finished jobs. Throughput
-(Table 5) is measured once, one thread, the compared models in turn, and cached in the work folder
-(``--remeasure-throughput`` to measure again, on an idle machine).
+(Table 5) is measured once, one thread, the compared models in turn inside each of 3 fresh processes, and cached
+in the work folder (``--remeasure-throughput`` to measure again, on an idle machine).
 """
 from __future__ import annotations
 
@@ -246,19 +246,40 @@ def plan(models, args):
     return settings, list(jobs.values())
 
 
-def measure_throughput(models, settings, batch=64, repeats=7):
-    """img/s of dense, ToP and naive at each FLOPs level (one thread; the models timed in turn, round after round,
-    so that a change of machine load hits all alike)."""
+def _throughput_child(spec):
+    """In a fresh process: seconds per forward of each model in ``spec['nets']`` (label -> kwargs), one thread, the
+    models timed in turn."""
     torch.set_num_threads(1)
-    out = dict(threads=1, batch=batch, load_average=os.getloadavg()[0])
-    for m in models:
-        x = torch.randn(batch, 1, 28, 28)
-        nets = {'dense': timm.create_model(m).eval()}
-        for r in LEVELS:
-            for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
-                nets[f'{lab}@{r}'] = timm.create_model(m, **method_kwargs(settings, m, r, lab)).eval()
-        times = time_model(nets, x, repeats=repeats, warmup=2)
-        out[m] = {k: batch / statistics.median(v) for k, v in times.items()}
+    torch.manual_seed(0)
+    nets = {k: timm.create_model(spec['model'], **kw).eval() for k, kw in spec['nets'].items()}
+    x = torch.randn(spec['batch'], 1, 28, 28)
+    times = time_model(nets, x, repeats=spec['repeats'], warmup=2)
+    return {k: spec['batch'] / statistics.median(v) for k, v in times.items()}
+
+
+def measure_throughput(models, settings, batch=64, repeats=5, rounds=3):
+    """img/s of dense, ToP and naive at each FLOPs level: one thread, the models timed in turn inside a process, in
+    ``rounds`` fresh processes per model (the models alternating), median of the processes' medians. Separate
+    processes because one process's timings depend on its allocator's history: with five models sharing a heap, one
+    of them could run 20 % slower than the same model measured alone."""
+    out = dict(threads=1, batch=batch, load_average=os.getloadavg()[0], rounds=rounds, repeats=repeats)
+    per_round = {m: [] for m in models}
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for _ in range(rounds):
+        for m in models:
+            nets = {'dense': {}}
+            for r in LEVELS:
+                for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
+                    nets[f'{lab}@{r}'] = method_kwargs(settings, m, r, lab)
+            spec = json.dumps(dict(model=m, nets=nets, batch=batch, repeats=repeats))
+            proc = subprocess.run([sys.executable, __file__, '--throughput-child', spec], env=env,
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"throughput of {m} failed:\n{proc.stderr[-3000:]}")
+            per_round[m].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for m, runs in per_round.items():
+        out[m] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+        out[m]['spread'] = max(max(run[k] for run in runs) / min(run[k] for run in runs) - 1 for k in runs[0])
     return out
 
 
@@ -271,7 +292,7 @@ def throughput(args, settings):
         print(f"measuring throughput of {todo} (load average {os.getloadavg()[0]:.2f})", flush=True)
         new = measure_throughput(todo, settings)
         for m in todo:
-            cached[m] = dict(new[m], load_average=new['load_average'], threads=new['threads'], batch=new['batch'])
+            cached[m] = dict(new[m], **{k: new[k] for k in ('load_average', 'threads', 'batch', 'rounds', 'repeats')})
         path.write_text(json.dumps(cached, indent=1))
     return cached
 
@@ -304,6 +325,7 @@ def main(argv=None):
                    help='cap the steps of each fine-tuning epoch (smoke runs only; part of the job description)')
     ap.add_argument('--work', default=str(ROOT / 'benchmarks' / 'results' / 'paper_tables'))
     ap.add_argument('--remeasure-throughput', action='store_true')
+    ap.add_argument('--throughput-child', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--cached-only', action='store_true',
                     help='run nothing: write the report from the jobs already finished in --work (an interim '
                          'report while fine-tunes span sessions; their cells say how many seeds are in, the '
@@ -311,6 +333,9 @@ def main(argv=None):
     ap.add_argument('--results', default=str(ROOT / 'benchmarks' / 'RESULTS.md'))
     ap.add_argument('--plot', default=str(ROOT / 'benchmarks' / 'plots' / 'acc_vs_flops.png'))
     args = ap.parse_args(argv)
+    if args.throughput_child:
+        print(json.dumps(_throughput_child(json.loads(args.throughput_child))))
+        return
     if args.models is None:
         args.models = [m for m in MODELS if timm.is_model(m)]
         skipped = [m for m in MODELS if m not in args.models]
@@ -473,8 +498,11 @@ def write_results(args, settings, results, tput):
                 lines.append(f"| {100 * r:.0f} % | {'without (naive)' if 'naive' in lab else 'with (ToP)'} | "
                              f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {final} | {speed} |")
         if tp:
-            lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, the models "
-                         f"timed in turn; load average {tp['load_average']:.2f} when measured).\n")
+            how = (f"median of {tp['rounds']} fresh processes, each timing the models in turn {tp['repeats']} times; "
+                   f"the processes differed by up to {100 * tp['spread']:.0f} %" if 'rounds' in tp
+                   else 'the models timed in turn in one process')
+            lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, {how}; "
+                         f"load average {tp['load_average']:.2f} when measured).\n")
         lines += claims_lines(m, settings, results, args)
     plot = Path(args.plot).relative_to(Path(args.results).parent)
     lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({plot})', '',

@@ -36,8 +36,8 @@ its run folder there (``runs/<job>/last.pth.tar``, written after every epoch) an
 (which rebuilds the same dense teacher). To stop: kill the process (the jobs in flight lose at most the epoch they
 were in), then ``git add benchmarks/results/paper_tables && git commit``. The same command resumes; with
 ``--cached-only`` it runs nothing and writes an interim report from the finished jobs. Throughput
-(Table 5) is measured once, one thread, the compared models in turn inside each of 3 fresh processes, and cached
-in the work folder (``--remeasure-throughput`` to measure again, on an idle machine).
+(Table 5) is measured once, one thread, each model alone in a fresh process, the compared models alternating in 3
+rounds, and cached in the work folder (``--remeasure-throughput`` to measure again, on an idle machine).
 """
 from __future__ import annotations
 
@@ -258,28 +258,27 @@ def _throughput_child(spec):
 
 
 def measure_throughput(models, settings, batch=64, repeats=5, rounds=3):
-    """img/s of dense, ToP and naive at each FLOPs level: one thread, the models timed in turn inside a process, in
-    ``rounds`` fresh processes per model (the models alternating), median of the processes' medians. Separate
-    processes because one process's timings depend on its allocator's history: with five models sharing a heap, one
-    of them could run 20 % slower than the same model measured alone."""
+    """img/s of dense, ToP and naive at each FLOPs level: one thread, each model alone in a fresh process (as a user
+    runs it: no other model's buffers in its heap), the compared models alternating process by process in each of
+    ``rounds`` rounds, so that a change of machine load hits all alike; median of the processes' medians."""
     out = dict(threads=1, batch=batch, load_average=os.getloadavg()[0], rounds=rounds, repeats=repeats)
-    per_round = {m: [] for m in models}
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    for _ in range(rounds):
-        for m in models:
-            nets = {'dense': {}}
-            for r in LEVELS:
-                for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
-                    nets[f'{lab}@{r}'] = method_kwargs(settings, m, r, lab)
-            spec = json.dumps(dict(model=m, nets=nets, batch=batch, repeats=repeats))
-            proc = subprocess.run([sys.executable, __file__, '--throughput-child', spec], env=env,
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"throughput of {m} failed:\n{proc.stderr[-3000:]}")
-            per_round[m].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    for m, runs in per_round.items():
-        out[m] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-        out[m]['spread'] = max(max(run[k] for run in runs) / min(run[k] for run in runs) - 1 for k in runs[0])
+    for m in models:
+        nets = {'dense': {}}
+        for r in LEVELS:
+            for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
+                nets[f'{lab}@{r}'] = method_kwargs(settings, m, r, lab)
+        runs = {k: [] for k in nets}
+        for _ in range(rounds):
+            for k, kw in nets.items():
+                spec = json.dumps(dict(model=m, nets={k: kw}, batch=batch, repeats=repeats))
+                proc = subprocess.run([sys.executable, __file__, '--throughput-child', spec], env=env,
+                                      capture_output=True, text=True)
+                if proc.returncode:
+                    raise RuntimeError(f"throughput of {m} {k} failed:\n{proc.stderr[-3000:]}")
+                runs[k].append(json.loads(proc.stdout.strip().splitlines()[-1])[k])
+        out[m] = {k: statistics.median(v) for k, v in runs.items()}
+        out[m]['spread'] = max(max(v) / min(v) - 1 for v in runs.values())
     return out
 
 
@@ -498,8 +497,9 @@ def write_results(args, settings, results, tput):
                 lines.append(f"| {100 * r:.0f} % | {'without (naive)' if 'naive' in lab else 'with (ToP)'} | "
                              f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {final} | {speed} |")
         if tp:
-            how = (f"median of {tp['rounds']} fresh processes, each timing the models in turn {tp['repeats']} times; "
-                   f"the processes differed by up to {100 * tp['spread']:.0f} %" if 'rounds' in tp
+            how = (f"each model alone in a fresh process, {tp['repeats']} forwards, the models alternating in "
+                   f"{tp['rounds']} rounds, median; a model's rounds differed by up to {100 * tp['spread']:.0f} %"
+                   if 'rounds' in tp
                    else 'the models timed in turn in one process')
             lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, {how}; "
                          f"load average {tp['load_average']:.2f} when measured).\n")

@@ -259,10 +259,10 @@ def _throughput_child(spec):
 
 def measure_throughput(models, settings, batch=64, repeats=5, rounds=5):
     """img/s of dense, ToP and naive at each FLOPs level: one thread, in ``rounds`` fresh processes per model, each
-    timing all the compared models in turn. On the 2-core VM a process's speed varies by up to 20-40 % from one
+    timing all the compared models in turn. On the 2-core VM a process's speed varies by up to 20-45 % from one
     process to the next (the same model, idle machine), while the ratios between models timed in turn inside one
-    process stay within a few percent; so the speedup is the median of the per-process ratios, and img/s the median
-    of the per-process medians."""
+    process vary by about ±8 %; so the speedup is the median of the per-process ratios (with their range), and img/s
+    the median of the per-process medians."""
     out = dict(threads=1, batch=batch, load_average=os.getloadavg()[0], rounds=rounds, repeats=repeats)
     env = dict(os.environ, OMP_NUM_THREADS='1')
     runs = {m: [] for m in models}
@@ -369,6 +369,7 @@ def main(argv=None):
                 results[job_key(j)] = json.loads(f.read_text())
         print(f"--cached-only: {len(results)} of {len(jobs)} jobs finished; the rest are reported as pending",
               flush=True)
+        args.pending = len(jobs) - len(results)
         jobs = []
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futs = {pool.submit(run_job, j, work): j for j in sorted(jobs, key=lambda j: j['kind'] != 'train')}
@@ -443,7 +444,7 @@ def write_results(args, settings, results, tput):
              '"Package default (training-free)" is the mode `benchmarks/leaderboard.py` chose on a selection set from '
              'the training split of the minis (the testbeds\' leaderboards below rank it again on their holdouts). '
              '"not run": no fine-tune of that row in this run.', '']
-    if getattr(args, 'cached_only', False):
+    if getattr(args, 'cached_only', False) and getattr(args, 'pending', 1):  # every job in: the report is final
         lines += ['**Interim report** (`--cached-only`): written from the jobs finished so far while the fine-tunes '
                   'run across sessions; a fine-tuned cell says how many of its seeds are in ("pending": none), and '
                   'no fine-tuned claim is called before all seeds are in. The zero-shot tables are complete.', '']

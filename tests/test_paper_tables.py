@@ -160,6 +160,14 @@ def test_interim_report_marks_partial_fine_tunes_and_calls_no_fine_tuned_claim(p
     assert text.count('| 60.50 ± 0.71 (2 of 3 seeds) |') == len(pt.FINETUNED) + 2
     assert text.count('| 55.00 ± 0.00 (2 of 3 seeds) | 60.00 ± 0.00 (2 of 3 seeds) |') == len(pt.FINETUNED)
     assert 'aligned beats naive, fine-tuned' not in text
+    # once every job is in, a --cached-only report is the final one: no interim banner, the fine-tuned claim called
+    for j in jobs:
+        if j['kind'] == 'train' and j['seed'] == 2:
+            results[pt.job_key(j)] = dict(top1=62.0, history=[dict(val_top1=55.0), dict(val_top1=62.0)])
+    args.pending = 0
+    pt.write_results(args, settings, results, tput={})
+    text = (tmp_path / 'RESULTS.md').read_text()
+    assert '**Interim report**' not in text and 'aligned beats naive, fine-tuned' in text
 
 
 def test_plan_runs_a_setting_two_tables_share_once(pt):

@@ -10,10 +10,11 @@ permuting copies (one (4B, L, E) tensor per block) took several times longer per
 dense blocks. glibc's malloc starts with a 128 KiB mmap threshold that it raises and lowers as large blocks come and
 go ("dynamic threshold"); large temporaries can end up mmap-ed or trimmed back to the kernel and page-faulted in
 again on every call. Fixing the threshold (``MALLOC_MMAP_THRESHOLD_``, which also turns the dynamic adjustment off)
-keeps freed blocks in the heap for reuse. Under load that brought the speedups down to the FLOPs ratios; on an idle
-machine (``benchmarks/results/bench_allocator*.txt``) it does not: the fixed threshold makes every model 4-14 %
-slower, leaves Vim's speedups at its FLOPs ratios, and PlainMamba's above them (testbed 1.56x / 1.84x, PlainMamba-L1
-at 224 1.65x / 2.03x, for 1.43x / 1.67x). So it is no tuning advice, and PlainMamba's margin has another cause.
+keeps freed blocks in the heap for reuse. Under load that brought the speedups down to the FLOPs ratios. On an idle
+machine (``benchmarks/results/bench_allocator*.txt``) the allocator explains nothing: with glibc's default, Vim's
+testbed already runs at its FLOPs ratios (1.43x / 1.69x for 1.43x / 1.66x) and PlainMamba above them (testbed 1.56x /
+1.84x, PlainMamba-L1 at 224 1.65x / 2.03x, for 1.43x / 1.67x), and the fixed threshold makes every model 4-14 %
+slower. So it is no tuning advice; PlainMamba's margin at 224 comes from its convolutions (benchmarks/README.md).
 
 Each allocator setting runs in its own process (the variables are read when the process starts), the settings
 alternate round after round, and inside a process dense and ToP at -30 % / -40 % FLOPs (the paper's stage positions

@@ -247,8 +247,8 @@ def plan(models, args):
 
 
 def _throughput_child(spec):
-    """In a fresh process: seconds per forward of each model in ``spec['nets']`` (label -> kwargs), one thread, the
-    models timed in turn."""
+    """In a fresh process: img/s (median of the forwards) of each model in ``spec['nets']`` (label -> kwargs), one
+    thread, the models timed in turn."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     nets = {k: timm.create_model(spec['model'], **kw).eval() for k, kw in spec['nets'].items()}
@@ -265,14 +265,16 @@ def measure_throughput(models, settings, batch=64, repeats=5, rounds=5):
     the median of the per-process medians."""
     out = dict(threads=1, batch=batch, load_average=os.getloadavg()[0], rounds=rounds, repeats=repeats)
     env = dict(os.environ, OMP_NUM_THREADS='1')
+    specs = {}
+    for m in models:
+        nets = {'dense': {}}
+        for r in LEVELS:
+            for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
+                nets[f'{lab}@{r}'] = method_kwargs(settings, m, r, lab)
+        specs[m] = json.dumps(dict(model=m, nets=nets, batch=batch, repeats=repeats))
     runs = {m: [] for m in models}
     for _ in range(rounds):
-        for m in models:
-            nets = {'dense': {}}
-            for r in LEVELS:
-                for lab in ('ToP (aligned)', 'naive (ViT-style, score order)'):
-                    nets[f'{lab}@{r}'] = method_kwargs(settings, m, r, lab)
-            spec = json.dumps(dict(model=m, nets=nets, batch=batch, repeats=repeats))
+        for m, spec in specs.items():
             proc = subprocess.run([sys.executable, __file__, '--throughput-child', spec], env=env,
                                   capture_output=True, text=True)
             if proc.returncode:
@@ -288,10 +290,11 @@ def measure_throughput(models, settings, batch=64, repeats=5, rounds=5):
 
 
 def throughput(args, settings):
-    """Cached measurement (``--remeasure-throughput`` to redo it); models missing from the cache are measured."""
+    """Cached measurement (``--remeasure-throughput`` to redo it); models missing from the cache, or cached by an
+    older version without per-process speedups, are measured."""
     path = Path(args.work) / 'throughput.json'
     cached = json.loads(path.read_text()) if path.is_file() else {}
-    todo = [m for m in args.models if args.remeasure_throughput or m not in cached]
+    todo = [m for m in args.models if args.remeasure_throughput or 'speedup' not in cached.get(m, {})]
     if todo:
         print(f"measuring throughput of {todo} (load average {os.getloadavg()[0]:.2f})", flush=True)
         new = measure_throughput(todo, settings)
@@ -500,22 +503,19 @@ def write_results(args, settings, results, tput):
                 final = fmt_seeds(_get(results, 'train', m, kw, seeds, **ft), len(seeds)) \
                     if tuned and r in args.finetune_levels else 'not run'
                 key = f'{lab}@{r}'
-                if not tp:
-                    speed = 'not run | –'
-                elif 'speedup' in tp:  # median of the per-process ratios, and their range
+                if tp:  # img/s, and the median of the per-process ratios to dense with their range
                     lo, hi = tp['speedup_range'][key]
                     speed = f"{tp[key]:.0f} | {tp['speedup'][key]:.2f}x ({lo:.2f}-{hi:.2f})"
                 else:
-                    speed = f"{tp[key]:.0f} | {tp[key] / tp['dense']:.2f}x"
+                    speed = 'not run | –'
                 lines.append(f"| {100 * r:.0f} % | {'without (naive)' if 'naive' in lab else 'with (ToP)'} | "
                              f"{kw['keep_rate']} | {fmt(_get(results, 'eval', m, kw))} | {final} | {speed} |")
         if tp:
-            how = (f"{tp['rounds']} fresh processes, each timing the compared models in turn {tp['repeats']} times; "
-                   "img/s: the median of the processes' medians; speedup: the median of the processes' ratios to "
-                   "dense, their range in brackets" if 'speedup' in tp
-                   else 'the models timed in turn in one process')
-            lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, {how}; "
-                         f"load average {tp['load_average']:.2f} when measured).\n")
+            lines.append(f"\nDense: {tp['dense']:.0f} img/s (batch {tp['batch']}, {tp['threads']} thread, "
+                         f"{tp['rounds']} fresh processes, each timing the compared models in turn {tp['repeats']} "
+                         "times; img/s: the median of the processes' medians; speedup: the median of the processes' "
+                         f"ratios to dense, their range in brackets; load average {tp['load_average']:.2f} when "
+                         "measured).\n")
         lines += claims_lines(m, settings, results, args)
     plot = Path(args.plot).relative_to(Path(args.results).parent)
     lines += ['## Accuracy vs FLOPs', '', f'![accuracy vs FLOPs]({plot})', '',
